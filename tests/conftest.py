@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny datasets built in tmp_path, the CLI runner, ../shared/data when present."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from wsis_cli.coco import mask_to_rle
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs CUDA"))
+        if "shared" in item.keywords and not SHARED_DATA.is_dir():
+            item.add_marker(pytest.mark.skip(reason=f"{SHARED_DATA} is absent"))
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture(scope="session")
+def coco_mini() -> Path:
+    path = SHARED_DATA / "coco-mini"
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent")
+    return path
+
+
+def rect_mask(h: int, w: int, x1: int, y1: int, x2: int, y2: int) -> np.ndarray:
+    m = np.zeros((h, w), dtype=bool)
+    m[y1:y2, x1:x2] = True
+    return m
+
+
+def ann(id_: int, image_id: int, mask: np.ndarray, category_id: int = 1, **extra) -> dict:
+    ys, xs = np.nonzero(mask)
+    bbox = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+    return {"id": id_, "image_id": image_id, "category_id": category_id, "segmentation": mask_to_rle(mask),
+            "area": float(mask.sum()), "bbox": bbox, "iscrowd": 0, **extra}
+
+
+def make_dataset(images: list[tuple[int, int, int]], anns: list[dict], n_cats: int = 2) -> dict:
+    """images: (id, height, width)."""
+    return {
+        "images": [{"id": i, "file_name": f"{i:06d}.png", "height": h, "width": w} for i, h, w in images],
+        "annotations": anns,
+        "categories": [{"id": k, "name": f"c{k}"} for k in range(1, n_cats + 1)],
+    }
+
+
+def write(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj))
+    return path
+
+
+@pytest.fixture
+def two_images() -> dict:
+    """Two 40x40 images: image 1 holds a class-1 square and a class-2 bar, image 2 one class-1 square."""
+    m1 = rect_mask(40, 40, 2, 2, 12, 12)
+    m2 = rect_mask(40, 40, 20, 5, 38, 9)
+    m3 = rect_mask(40, 40, 10, 10, 30, 30)
+    return make_dataset([(1, 40, 40), (2, 40, 40)],
+                        [ann(1, 1, m1, 1), ann(2, 1, m2, 2), ann(3, 2, m3, 1)])

@@ -1,0 +1,63 @@
+import json
+
+import pytest
+
+from conftest import ann, make_dataset, rect_mask, write
+from wsis_cli.cli.app import app
+from wsis_cli.coco import parse_dataset, supervision_level
+from wsis_cli.weaken import weaken
+
+
+@pytest.fixture
+def with_crowd(two_images):
+    two_images["annotations"].append(ann(4, 2, rect_mask(40, 40, 0, 30, 40, 40), 2, iscrowd=1))
+    two_images["annotations"].append(ann(5, 1, rect_mask(40, 40, 0, 30, 10, 40), 1))
+    return two_images
+
+
+def test_box(with_crowd):
+    out = weaken(parse_dataset(with_crowd), "box")
+    assert [a["id"] for a in out.annotations] == [1, 2, 3, 4, 5]
+    assert all(supervision_level(a) == "box" for a in out.annotations)
+    assert out.annotations[0]["bbox"] == [2.0, 2.0, 10.0, 10.0] and out.annotations[0]["area"] == 100.0
+    assert out.annotations[3]["iscrowd"] == 1
+
+
+def test_box_from_mask_when_bbox_missing(two_images):
+    del two_images["annotations"][0]["bbox"]
+    assert weaken(parse_dataset(two_images), "box").annotations[0]["bbox"] == [2.0, 2.0, 10.0, 10.0]
+
+
+def test_ilc_keeps_one_label_per_instance_and_drops_crowds(with_crowd):
+    out = weaken(parse_dataset(with_crowd), "ilc")
+    assert [(a["id"], a["image_id"], a["category_id"]) for a in out.annotations] == \
+        [(1, 1, 1), (2, 1, 2), (3, 2, 1), (4, 2, 2), (5, 1, 1)]
+    levels = [supervision_level(a) for a in out.annotations]
+    assert levels == ["ilc", "ilc", "ilc", "il", "ilc"]  # class 2 in image 2 is only a crowd: present, count unknown
+    assert set(out.annotations[0]) == {"id", "image_id", "category_id"}
+
+
+def test_il_one_label_per_present_class(with_crowd):
+    out = weaken(parse_dataset(with_crowd), "il")
+    assert [(a["id"], a["image_id"], a["category_id"], a["count"]) for a in out.annotations] == \
+        [(1, 1, 1, None), (2, 1, 2, None), (3, 2, 1, None), (4, 2, 2, None)]
+
+
+def test_cli(runner, tmp_path, two_images):
+    gt = write(tmp_path / "gt.json", two_images)
+    r = runner.invoke(app, ["data", "weaken", str(gt), "--to", "ilc"])
+    assert r.exit_code == 0, r.output
+    obj = json.loads(r.stdout)
+    assert len(obj["annotations"]) == 3 and obj["info"]["wsis"]["options"]["to"] == "ilc"
+    assert parse_dataset(obj).levels()["ilc"] == 3
+    r = runner.invoke(app, ["data", "weaken", str(gt), "--to", "points"])
+    assert r.exit_code == 2
+
+
+def test_cli_cannot_box_an_image_label(runner, tmp_path):
+    ds = make_dataset([(1, 8, 8)], [{"id": 1, "image_id": 1, "category_id": 1}])
+    gt = write(tmp_path / "il.json", ds)
+    r = runner.invoke(app, ["data", "weaken", str(gt), "--to", "box", "--out", str(tmp_path / "o.json")])
+    assert r.exit_code == 1
+    assert r.stderr.strip() == f"wsis: error: {gt}: annotation 1 (image 1): has neither a bbox nor a mask, so it cannot become a box label"
+    assert not (tmp_path / "o.json").exists()

@@ -1,0 +1,139 @@
+"""`wsis data`: make, convert, weaken and split datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wsis_cli.cli.io import cli_errors, info, progress_bar, write_output
+from wsis_cli.cli.options import Out, Seed
+
+app = typer.Typer(help="Make, convert, weaken and split COCO datasets.", no_args_is_help=True)
+
+
+@app.command("synth")
+@cli_errors
+def synth(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to create: OUT/images/*.png and OUT/gt.json.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of images.")] = 200,
+    size: Annotated[int, typer.Option("--size", min=32, help="Image side in pixels.")] = 256,
+    classes: Annotated[int, typer.Option("--classes", min=1, max=4, help="Number of shape classes (disc, box, triangle, star).")] = 4,
+    seed: Seed = 0,
+) -> None:
+    """Synthesise a demo set: textured shapes on textured backgrounds, with full masks."""
+    from wsis_cli.coco import provenance
+    from wsis_cli.synth import synthesize
+
+    with progress_bar("synthesising") as progress:
+        ds = synthesize(out, n=n, size=size, seed=seed, n_classes=classes, progress=progress)
+    ds["info"]["wsis"] = provenance("data synth", {"out": out, "n": n, "size": size, "classes": classes}, seed)
+    write_output(out / "gt.json", ds)
+    info(f"wrote {n} images and {len(ds['annotations'])} instances to {out}/ (gt.json, images/)")
+
+
+@app.command("weaken")
+@cli_errors
+def weaken(
+    gt: Annotated[str, typer.Argument(help="Fully annotated COCO dataset; '-' = stdin.")],
+    to: Annotated[str, typer.Option("--to", help="Target supervision: box, ilc (image labels + counts) or il (image labels).")],
+    out: Out = "-",
+) -> None:
+    """Strip a dataset to box, image-level-with-counts or image-level labels (ids kept)."""
+    from wsis_cli.coco import load_dataset, provenance
+    from wsis_cli.weaken import LEVELS
+    from wsis_cli.weaken import weaken as strip
+
+    if to not in LEVELS:
+        raise typer.BadParameter(f"must be one of {', '.join(LEVELS)}", param_hint="--to")
+    ds = strip(load_dataset(gt), to)
+    write_output(out, ds.to_json(provenance("data weaken", {"gt": gt, "to": to})))
+    info(f"{len(ds.annotations)} {to} labels on {len(ds.images)} images")
+
+
+@app.command("voc")
+@cli_errors
+def voc(
+    root: Annotated[Path, typer.Argument(help="VOC 2012 root (JPEGImages, SegmentationObject, ...) or SBD root (img, inst).")],
+    split: Annotated[str, typer.Option("--split", help="train or val (any split list in the tree).")] = "train",
+    out: Out = "-",
+) -> None:
+    """Convert PASCAL VOC 2012 / SBD instance annotations to COCO (255 = void, in no mask)."""
+    from wsis_cli.coco import provenance
+    from wsis_cli.voc import convert_voc
+
+    with progress_bar(f"converting {split}") as progress:
+        ds = convert_voc(root, split=split, progress=progress)
+    ds["info"]["wsis"] = provenance("data voc", {"root": root, "split": split})
+    write_output(out, ds)
+    info(f"{len(ds['images'])} images, {len(ds['annotations'])} instances; images under {ds['info']['images_dir']}")
+
+
+def read_ids(path: str) -> list[int]:
+    """Image ids from a file: a JSON list, a JSON object with 'image_ids' (what `select` writes)
+    or 'images', or plain text with one id per line (commas and spaces also separate)."""
+    import json
+
+    from wsis_cli.errors import InputError
+
+    try:
+        text = Path(path).read_text() if path != "-" else __import__("sys").stdin.read()
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        obj = text.replace(",", " ").split()
+    if isinstance(obj, dict):
+        obj = obj.get("image_ids", [im.get("id") for im in obj.get("images", []) if isinstance(im, dict)])
+    if not isinstance(obj, list):
+        obj = [obj]
+    ids = []
+    for i, v in enumerate(obj):
+        try:
+            ids.append(int(v))
+            if isinstance(v, float) and v != int(v):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise InputError(path, f"{v!r} is not an image id", f"entry {i}") from None
+    return ids
+
+
+@app.command("subset")
+@cli_errors
+def subset(
+    dataset: Annotated[str, typer.Argument(help="COCO dataset; '-' = stdin.")],
+    ids: Annotated[str | None, typer.Option("--ids", help="File of image ids (text, JSON list, or `wsis select` output).")] = None,
+    n: Annotated[int | None, typer.Option("--n", min=0, help="Take K random images instead of --ids.")] = None,
+    complement: Annotated[bool, typer.Option("--complement", help="Keep every image except those chosen.")] = False,
+    seed: Seed = 0,
+    out: Out = "-",
+) -> None:
+    """A subset of a dataset by image ids (or K random images), annotations included."""
+    import numpy as np
+
+    from wsis_cli.coco import load_dataset, provenance
+    from wsis_cli.errors import InputError, WsisError
+
+    if (ids is None) == (n is None):
+        raise typer.BadParameter("give exactly one of --ids FILE or --n K", param_hint="--ids/--n")
+    ds = load_dataset(dataset)
+    if ids is not None:
+        chosen = read_ids(ids)
+        unknown = [i for i in chosen if i not in ds.image_by_id]
+        if unknown:
+            raise InputError(ids, f"image id {unknown[0]} is not in {dataset}"
+                             + (f" ({len(unknown)} such ids)" if len(unknown) > 1 else ""))
+    else:
+        if n > len(ds.images):
+            raise WsisError(f"{dataset}: asked for {n} images but it has {len(ds.images)}")
+        all_ids = np.array(sorted(ds.image_by_id), dtype=np.int64)
+        chosen = all_ids[np.random.default_rng(seed).permutation(all_ids.size)[:n]].tolist()
+    keep = set(chosen)
+    if complement:
+        keep = set(ds.image_by_id) - keep
+    sub = ds.subset(keep)
+    write_output(out, sub.to_json(provenance("data subset", {"dataset": dataset, "ids": ids, "n": n,
+                                                              "complement": complement}, seed)))
+    info(f"{len(sub.images)} of {len(ds.images)} images, {len(sub.annotations)} annotations")

@@ -1,0 +1,70 @@
+"""CLI plumbing: one-line errors (exit 1), stderr console, progress bars, JSON in and out."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import typer
+from rich.console import Console
+
+from wsis_cli.errors import WsisError
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(message: str) -> None:
+    """Print ``wsis: error: MESSAGE`` on one line to stderr and exit 1."""
+    sys.stderr.write(f"wsis: error: {' '.join(str(message).split())}\n")
+    sys.stderr.flush()
+    raise typer.Exit(code=1)
+
+
+def cli_errors(fn: Callable) -> Callable:
+    """Turn the core's WsisError (and unreadable/unwritable files) into one line and exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except WsisError as e:
+            fail(str(e))
+        except OSError as e:
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            fail(f"{where}{e.strerror or e}")
+
+    return wrapper
+
+
+def warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/yellow] {message}")
+
+
+def info(message: str) -> None:
+    err_console.print(message)
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar on stderr; yields the ``progress(done, total)`` callback the core takes."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                  console=err_console, transient=True) as bar:
+        task = bar.add_task(description, total=None, rate="")
+
+        def update(done: int, total: int) -> None:
+            elapsed = bar.tasks[0].elapsed or 0.0
+            rate = f"{done / elapsed:.1f}/s" if elapsed > 0 else ""
+            bar.update(task, completed=done, total=total, rate=rate)
+
+        yield update
+
+
+def write_output(out: str, obj: Any, *, indent: int | None = None) -> None:
+    from wsis_cli.coco import write_json
+
+    write_json(out, obj, indent=indent)

@@ -1,0 +1,424 @@
+"""COCO JSON: load and validate datasets and results, masks <-> RLE, atomic writes.
+
+A *dataset* is a dict with ``images``, ``annotations`` and ``categories``; a *results* list
+holds detections ``{"image_id", "category_id", "score", "segmentation" and/or "bbox"}``.
+Records stay plain dicts (the JSON is the interchange format); :class:`Dataset` adds lookups.
+
+Supervision levels, recognised per annotation (:func:`supervision_level`):
+
+=========  ==============================================================================
+``full``   it has a non-empty ``segmentation`` (polygons, or RLE compressed or not)
+``box``    it has a ``bbox`` but no segmentation
+``ilc``    image-level label with counts: only ``category_id``, one annotation per instance
+           (or, compactly, one per class with an integer ``"count": k``)
+``il``     image-level label: one annotation per present class with ``"count": null``
+=========  ==============================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from wsis_cli import __version__
+from wsis_cli.errors import InputError, WsisError
+
+__all__ = [
+    "SUPERVISION_LEVELS",
+    "Dataset",
+    "read_json",
+    "write_json",
+    "load_dataset",
+    "parse_dataset",
+    "load_results",
+    "parse_results",
+    "supervision_level",
+    "has_segmentation",
+    "segm_to_rle",
+    "rle_to_mask",
+    "mask_to_rle",
+    "rle_to_json",
+    "provenance",
+    "ann_record",
+]
+
+SUPERVISION_LEVELS = ("full", "box", "ilc", "il")
+
+
+# ----------------------------------------------------------------------------- JSON files
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file (``-`` reads stdin); faults become :class:`InputError`."""
+    name = str(path)
+    try:
+        if name == "-":
+            return json.load(sys.stdin)
+        with open(name, "rb") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise InputError(name, "no such file") from None
+    except IsADirectoryError:
+        raise InputError(name, "is a directory, expected a JSON file") from None
+    except PermissionError:
+        raise InputError(name, "permission denied") from None
+    except json.JSONDecodeError as e:
+        raise InputError(name, f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except UnicodeDecodeError:
+        raise InputError(name, "not valid JSON: not UTF-8 text") from None
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, bytes):
+        return o.decode("ascii")
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = None) -> None:
+    """Write ``obj`` as JSON atomically (temp file in the same folder, then rename).
+
+    ``-`` writes to stdout. A failure never leaves a half-written file at ``path``.
+    """
+    text = json.dumps(obj, default=_json_default, indent=indent, allow_nan=False)
+    name = str(path)
+    if name == "-":
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+        return
+    target = Path(name)
+    if target.is_dir():
+        raise WsisError(f"{name}: is a directory, expected an output file path")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def provenance(verb: str, options: dict | None = None, seed: int | None = None) -> dict:
+    """The ``info.wsis`` record every output carries: version, verb, options, seed."""
+    opts = {k: (str(v) if isinstance(v, Path) else v) for k, v in (options or {}).items()}
+    return {"version": __version__, "verb": verb, "options": opts, "seed": seed}
+
+
+# ----------------------------------------------------------------------------- masks
+def has_segmentation(ann: dict) -> bool:
+    s = ann.get("segmentation")
+    return bool(s) if isinstance(s, (list, dict)) else False
+
+
+def segm_to_rle(segm: Any, height: int, width: int) -> dict:
+    """Polygons / uncompressed RLE / compressed RLE -> one compressed RLE (pycocotools form,
+    ``counts`` as bytes)."""
+    from pycocotools import mask as mask_utils
+
+    if isinstance(segm, list):
+        polys = [np.asarray(p, dtype=np.float64).tolist() for p in segm]
+        rles = mask_utils.frPyObjects(polys, height, width)
+        return mask_utils.merge(rles) if len(rles) > 1 else rles[0]
+    if isinstance(segm.get("counts"), list):
+        return mask_utils.frPyObjects(segm, *segm["size"])
+    counts = segm["counts"]
+    return {"size": list(segm["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
+def rle_to_mask(rle: dict) -> np.ndarray:
+    """Compressed RLE (counts bytes or str) -> ``HxW`` bool."""
+    from pycocotools import mask as mask_utils
+
+    r = rle
+    if isinstance(rle.get("counts"), str):
+        r = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+    elif isinstance(rle.get("counts"), list):
+        r = mask_utils.frPyObjects(rle, *rle["size"])
+    return mask_utils.decode(r).astype(bool)
+
+
+def mask_to_rle(mask: np.ndarray) -> dict:
+    """``HxW`` bool mask -> JSON-ready compressed RLE ``{"size": [h, w], "counts": str}``."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return rle_to_json(rle)
+
+
+def rle_to_json(rle: dict) -> dict:
+    counts = rle["counts"]
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])],
+            "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+
+
+# ----------------------------------------------------------------------------- validation
+def supervision_level(ann: dict) -> str:
+    """``full`` | ``box`` | ``ilc`` | ``il`` (see the module docstring)."""
+    if has_segmentation(ann):
+        return "full"
+    if ann.get("bbox") is not None:
+        return "box"
+    if "count" in ann and ann["count"] is None:
+        return "il"
+    return "ilc"
+
+
+def ann_record(ann: dict) -> str:
+    """How an error names an annotation: ``annotation 17 (image 3)``."""
+    return f"annotation {ann.get('id')} (image {ann.get('image_id')})"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_bbox(bbox: Any, fail) -> None:
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_num(v) for v in bbox):
+        fail("bbox must be a list of 4 finite numbers [x, y, w, h]")
+    if bbox[2] < 0 or bbox[3] < 0:
+        fail(f"bbox {bbox} has negative width or height")
+
+
+def _check_segmentation(segm: Any, height: int, width: int, fail) -> None:
+    if isinstance(segm, list):
+        for i, poly in enumerate(segm):
+            if not isinstance(poly, list) or not all(_is_num(v) for v in poly):
+                fail(f"segmentation polygon {i} must be a list of finite numbers")
+            if len(poly) < 6 or len(poly) % 2:
+                fail(f"segmentation polygon {i} has {len(poly)} coordinates; "
+                     "a polygon needs an even number, at least 6")
+        return
+    if not isinstance(segm, dict):
+        fail("segmentation must be a list of polygons or an RLE object")
+    size = segm.get("size")
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
+        fail("RLE segmentation needs 'size': [height, width]")
+    if size != [height, width]:
+        fail(f"RLE size {size} does not match the image's [height, width] = [{height}, {width}]")
+    counts = segm.get("counts")
+    if isinstance(counts, list):
+        if not all(_is_int(v) and v >= 0 for v in counts):
+            fail("uncompressed RLE counts must be non-negative integers")
+        if sum(counts) != height * width:
+            fail(f"uncompressed RLE counts sum to {sum(counts)}, expected height*width = {height * width}")
+    elif not isinstance(counts, str) or not counts:
+        fail("RLE 'counts' must be a non-empty string (compressed) or a list of integers")
+
+
+@dataclass
+class Dataset:
+    """A validated COCO dataset. Records are the JSON dicts themselves."""
+
+    images: list[dict]
+    annotations: list[dict]
+    categories: list[dict]
+    info: dict = field(default_factory=dict)
+    licenses: list = field(default_factory=list)
+    path: str = "<memory>"
+
+    def __post_init__(self) -> None:
+        self.reindex()
+
+    def reindex(self) -> None:
+        self.image_by_id = {im["id"]: im for im in self.images}
+        self.category_by_id = {c["id"]: c for c in self.categories}
+        self.anns_by_image: dict[int, list[dict]] = {im["id"]: [] for im in self.images}
+        for a in self.annotations:
+            self.anns_by_image[a["image_id"]].append(a)
+
+    def to_json(self, wsis: dict | None = None) -> dict:
+        info = dict(self.info)
+        if wsis is not None:
+            info["wsis"] = wsis
+        out: dict[str, Any] = {"info": info}
+        if self.licenses:
+            out["licenses"] = self.licenses
+        out.update(images=self.images, annotations=self.annotations, categories=self.categories)
+        return out
+
+    def levels(self) -> dict[str, int]:
+        """How many annotations there are of each supervision level."""
+        counts = dict.fromkeys(SUPERVISION_LEVELS, 0)
+        for a in self.annotations:
+            counts[supervision_level(a)] += 1
+        return counts
+
+    def rle(self, ann: dict) -> dict:
+        """The annotation's mask as compressed RLE (counts bytes); InputError if it has none
+        or it does not decode."""
+        im = self.image_by_id[ann["image_id"]]
+        if not has_segmentation(ann):
+            raise InputError(self.path, "has no segmentation", ann_record(ann))
+        try:
+            return segm_to_rle(ann["segmentation"], im["height"], im["width"])
+        except (ValueError, TypeError, IndexError, KeyError) as e:
+            raise InputError(self.path, f"segmentation does not decode: {e}", ann_record(ann)) from None
+
+    def subset(self, image_ids: Iterable[int]) -> "Dataset":
+        """A new dataset with the given images (in this dataset's order) and their annotations."""
+        keep = set(image_ids)
+        return Dataset(
+            images=[im for im in self.images if im["id"] in keep],
+            annotations=[a for a in self.annotations if a["image_id"] in keep],
+            categories=self.categories, info=self.info, licenses=self.licenses, path=self.path)
+
+
+def load_dataset(path: str | os.PathLike) -> Dataset:
+    """Read and validate a COCO dataset file; any fault raises :class:`InputError`."""
+    return parse_dataset(read_json(path), path=str(path))
+
+
+def parse_dataset(obj: Any, *, path: str = "<memory>") -> Dataset:
+    """Validate a COCO dataset dict. Missing ``area`` on masked annotations is filled in from
+    the mask (pycocotools needs it); missing ``iscrowd`` becomes 0."""
+    if isinstance(obj, list):
+        raise InputError(path, "is a COCO results list; a dataset (with 'images', 'annotations', "
+                               "'categories') is needed here")
+    if not isinstance(obj, dict):
+        raise InputError(path, "a COCO dataset must be a JSON object")
+    for key in ("images", "categories"):
+        if not isinstance(obj.get(key), list):
+            raise InputError(path, f"'{key}' must be a list")
+    annotations = obj.get("annotations", [])
+    if not isinstance(annotations, list):
+        raise InputError(path, "'annotations' must be a list")
+
+    images: dict[int, dict] = {}
+    for i, im in enumerate(obj["images"]):
+        rec = f"image {im.get('id')}" if isinstance(im, dict) else f"images[{i}]"
+
+        def fail(msg: str, rec=rec):
+            raise InputError(path, msg, rec)
+
+        if not isinstance(im, dict):
+            fail("must be an object")
+        if not _is_int(im.get("id")):
+            fail("'id' must be an integer")
+        if im["id"] in images:
+            fail("duplicate image id")
+        for k in ("width", "height"):
+            if not _is_int(im.get(k)) or im[k] <= 0:
+                fail(f"'{k}' must be a positive integer")
+        if not isinstance(im.get("file_name"), str) or not im["file_name"]:
+            fail("'file_name' must be a non-empty string")
+        images[im["id"]] = im
+
+    categories: dict[int, dict] = {}
+    for i, c in enumerate(obj["categories"]):
+        rec = f"category {c.get('id')}" if isinstance(c, dict) else f"categories[{i}]"
+        if not isinstance(c, dict) or not _is_int(c.get("id")):
+            raise InputError(path, "'id' must be an integer", rec)
+        if c["id"] in categories:
+            raise InputError(path, "duplicate category id", rec)
+        if not isinstance(c.get("name"), str):
+            raise InputError(path, "'name' must be a string", rec)
+        categories[c["id"]] = c
+
+    seen: set[int] = set()
+    for i, a in enumerate(annotations):
+        if not isinstance(a, dict):
+            raise InputError(path, "must be an object", f"annotations[{i}]")
+        rec = ann_record(a)
+
+        def fail(msg: str, rec=rec):
+            raise InputError(path, msg, rec)
+
+        if not _is_int(a.get("id")):
+            fail("'id' must be an integer")
+        if a["id"] in seen:
+            fail("duplicate annotation id")
+        seen.add(a["id"])
+        im = images.get(a.get("image_id"))
+        if im is None:
+            fail("'image_id' names no image in the file")
+        if a.get("category_id") not in categories or not _is_int(a.get("category_id")):
+            fail(f"'category_id' {a.get('category_id')!r} names no category in the file")
+        if a.get("bbox") is not None:
+            _check_bbox(a["bbox"], fail)
+        segm = a.get("segmentation")
+        if segm is not None and segm != [] and segm != {}:
+            _check_segmentation(segm, im["height"], im["width"], fail)
+        iscrowd = a.setdefault("iscrowd", 0)
+        if iscrowd not in (0, 1) or isinstance(iscrowd, bool):
+            fail("'iscrowd' must be 0 or 1")
+        if "count" in a and a["count"] is not None and not (_is_int(a["count"]) and a["count"] >= 1):
+            fail("'count' must be null (image-level label) or a positive integer")
+        for k in ("area", "score"):
+            if k in a and not _is_num(a[k]):
+                fail(f"'{k}' must be a finite number")
+    ds = Dataset(images=obj["images"], annotations=annotations, categories=obj["categories"],
+                 info=obj.get("info") if isinstance(obj.get("info"), dict) else {},
+                 licenses=obj.get("licenses") or [], path=path)
+    return ds
+
+
+def fill_areas(ds: Dataset) -> None:
+    """Give every annotation an ``area``: the mask's pixel count, else the box's w*h."""
+    from pycocotools import mask as mask_utils
+
+    for a in ds.annotations:
+        if "area" in a:
+            continue
+        if has_segmentation(a):
+            a["area"] = float(mask_utils.area(ds.rle(a)))
+        elif a.get("bbox") is not None:
+            a["area"] = float(a["bbox"][2] * a["bbox"][3])
+
+
+def load_results(path: str | os.PathLike) -> list[dict]:
+    return parse_results(read_json(path), path=str(path))
+
+
+def parse_results(obj: Any, *, path: str = "<memory>") -> list[dict]:
+    """Validate a COCO results list (shape only; :func:`wsis_cli.metrics.evaluate` checks ids
+    against the ground truth)."""
+    if not isinstance(obj, list):
+        raise InputError(path, "a COCO results file must be a JSON list of detections")
+    for i, r in enumerate(obj):
+        rec = f"result {i} (image {r.get('image_id')})" if isinstance(r, dict) else f"result {i}"
+
+        def fail(msg: str, rec=rec):
+            raise InputError(path, msg, rec)
+
+        if not isinstance(r, dict):
+            fail("must be an object")
+        if not _is_int(r.get("image_id")):
+            fail("'image_id' must be an integer")
+        if not _is_int(r.get("category_id")):
+            fail("'category_id' must be an integer")
+        if not _is_num(r.get("score")):
+            fail("'score' must be a finite number")
+        if not has_segmentation(r) and r.get("bbox") is None:
+            fail("needs a 'segmentation' or a 'bbox'")
+        if r.get("bbox") is not None:
+            _check_bbox(r["bbox"], fail)
+        if has_segmentation(r) and not isinstance(r["segmentation"], (dict, list)):
+            fail("segmentation must be a list of polygons or an RLE object")
+    return obj

@@ -1,0 +1,54 @@
+"""Image reading: any file OpenCV decodes -> ``HxWx3`` uint8 RGB.
+
+Grey images are replicated to three channels, alpha is dropped, 16-bit images are scaled to
+8 bits by their full range (65535 -> 255), and the EXIF orientation is applied, as a viewer
+shows the picture (COCO's sizes are those of the shown picture).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from wsis_cli.errors import WsisError
+
+__all__ = ["read_image", "write_image", "image_path"]
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read ``path`` as ``HxWx3`` uint8 RGB; :class:`WsisError` when it is missing or unreadable."""
+    import cv2
+
+    p = Path(path)
+    if not p.is_file():
+        raise WsisError(f"{p}: image file not found")
+    data = np.fromfile(str(p), dtype=np.uint8)
+    # IMREAD_COLOR applies the EXIF orientation, drops alpha and expands grey; ANYDEPTH keeps
+    # 16 bits so we can scale them ourselves.
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    if img is None:
+        raise WsisError(f"{p}: not an image OpenCV can decode")
+    if img.dtype == np.uint16:
+        img = (img.astype(np.float32) * (255.0 / 65535.0) + 0.5).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        img = np.clip(img.astype(np.float32) * (255.0 if img.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(img[:, :, ::-1])
+
+
+def write_image(path: str | os.PathLike, rgb: np.ndarray) -> None:
+    """Write an ``HxWx3`` uint8 RGB (or ``HxW``) array; the format follows the suffix."""
+    import cv2
+
+    arr = rgb[:, :, ::-1] if rgb.ndim == 3 else rgb
+    ok, buf = cv2.imencode(Path(path).suffix or ".png", np.ascontiguousarray(arr))
+    if not ok:
+        raise WsisError(f"{path}: could not encode image")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    buf.tofile(str(path))
+
+
+def image_path(images_dir: str | os.PathLike, image: dict) -> Path:
+    """Where a COCO image record's file lies under ``images_dir``."""
+    return Path(images_dir) / image["file_name"]
