@@ -10,7 +10,7 @@ from hypothesis.extra.numpy import arrays
 from conftest import rect_mask
 from wsis_cli.coco import (Dataset, fill_areas, load_dataset, mask_to_rle, parse_dataset, parse_results,
                            read_json, rle_to_mask, segm_to_rle, supervision_level, write_json)
-from wsis_cli.errors import InputError
+from wsis_cli.errors import InputError, WsisError
 
 
 @settings(max_examples=50, deadline=None)
@@ -25,8 +25,9 @@ def test_rle_roundtrip(mask):
 def test_polygon_and_uncompressed_rle_decode_to_the_same_mask():
     m = rect_mask(10, 12, 2, 3, 8, 7)  # columns 2..7, rows 3..6
     poly = [[2, 3, 8, 3, 8, 7, 2, 7]]
-    from_poly = rle_to_mask(segm_to_rle(poly, 10, 12))
-    assert abs(int(from_poly.sum()) - int(m.sum())) <= 12  # polygon edges are rasterised, not pixel sets
+    # pycocotools rasterises a polygon along pixel edges: the rectangle (2,3)-(8,7) is exactly
+    # columns 2..7 and rows 3..6
+    np.testing.assert_array_equal(rle_to_mask(segm_to_rle(poly, 10, 12)), m)
     flat = m.flatten(order="F").astype(int)
     counts, cur, run = [], 0, 0
     for v in flat:
@@ -73,6 +74,13 @@ def _break(ds, where, key, value):
     ("annotations", "segmentation", [[1, 2, 3, 4]], "annotation 1 (image 1)", "at least 6"),
     ("annotations", "segmentation", {"size": [5, 5], "counts": "abc"}, "annotation 1 (image 1)", "does not match"),
     ("annotations", "segmentation", {"size": [40, 40], "counts": [3, 4]}, "annotation 1 (image 1)", "sum to 7"),
+    ("annotations", "segmentation", {"size": [40, 40], "counts": "0"}, "annotation 1 (image 1)", "sum to 0"),
+    ("annotations", "segmentation", {"size": [40, 40], "counts": "a"}, "annotation 1 (image 1)", "not a valid RLE"),
+    ("annotations", "image_id", [1], "annotation 1 (image [1])", "'image_id' must be an integer"),
+    ("annotations", "category_id", [1], "annotation 1 (image 1)", "'category_id' [1] names no category"),
+    ("annotations", "area", -4, "annotation 1 (image 1)", "'area' must be a finite number >= 0"),
+    ("annotations", "iscrowd", 1.0, "annotation 1 (image 1)", "'iscrowd' must be 0 or 1"),
+    ("images", "id", 2**64, f"image {2**64}", "int64"),
     ("annotations", "iscrowd", 2, "annotation 1 (image 1)", "'iscrowd' must be 0 or 1"),
     ("annotations", "count", 0, "annotation 1 (image 1)", "'count'"),
     ("annotations", "area", "big", "annotation 1 (image 1)", "'area' must be a finite number"),
@@ -128,14 +136,38 @@ def test_results_validation():
         parse_results({"images": []}, path="preds.json")
 
 
-def test_write_json_is_atomic(tmp_path):
+def test_write_json_is_atomic(tmp_path, monkeypatch):
     target = tmp_path / "out.json"
     write_json(target, {"a": 1})
     assert json.loads(target.read_text()) == {"a": 1}
+
+    def broken_replace(src, dst):  # the disk fills up, the process dies... just before the rename
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("wsis_cli.coco.os.replace", broken_replace)
+    with pytest.raises(WsisError, match=r"out.json: cannot write: No space left on device"):
+        write_json(target, {"a": 2, "big": list(range(1000))})
+    assert json.loads(target.read_text()) == {"a": 1}  # the old file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # and no temp file is left
     with pytest.raises(ValueError):
-        write_json(target, {"a": float("nan")})  # not serialisable: the old file must survive
-    assert json.loads(target.read_text()) == {"a": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+        write_json(tmp_path / "nan.json", {"a": float("nan")})
+    assert not (tmp_path / "nan.json").exists()
+
+
+def test_write_json_to_a_pipe_writes_in_place(tmp_path):
+    import os
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    write_json(fifo, {"a": 1})
+    reader.join(5)
+    assert json.loads(got[0]) == {"a": 1}
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)  # still a pipe, not replaced by a file
 
 
 def test_write_json_stdout_and_numpy(capsys):

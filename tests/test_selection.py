@@ -13,26 +13,28 @@ def scores(pairs):
     return parse_scores({"images": [{"image_id": i, "score": s} for i, s in pairs]})
 
 
-S = scores([(1, 0.1), (2, 0.45), (3, 0.55), (4, 0.9), (5, 0.5), (6, None), (7, 0.5)])
+S = scores([(1, 0.1), (2, 0.55), (3, 0.45), (4, 0.9), (5, 0.5), (6, None), (7, 0.5)])
 
 
 def test_closest_with_ties_by_id():
-    # |s - 0.5|: 5 -> 0, 7 -> 0, 2 -> .05, 3 -> .05, 4 -> .4, 1 -> .4
+    # |s - 0.5|: 5 -> 0, 7 -> 0, 2 -> .05, 3 -> .05, 4 -> .4, 1 -> .4. In floating point
+    # |0.45 - 0.5| < |0.55 - 0.5|, yet on paper they tie, and ties go to the smaller id.
     assert select(S, n=4, betas=[0.5]).tolist() == [5, 7, 2, 3]
     assert select(S, n=6, betas=[0.5]).tolist() == [5, 7, 2, 3, 1, 4]
+    assert select(S, n=1, betas=[0.5], exclude={5, 7}).tolist() == [2]
 
 
 def test_several_betas_split_n_evenly_without_repeats():
     ids = select(S, n=5, betas=[0.0, 0.5, 1.0])
     assert split_evenly(5, 3) == [2, 2, 1]
-    assert ids.tolist() == [1, 2, 5, 7, 4]
+    assert ids.tolist() == [1, 3, 5, 7, 4]  # beta 0: 0.1, 0.45; beta 0.5: 0.5, 0.5; beta 1: 0.9
     assert len(set(ids.tolist())) == 5
 
 
 def test_exclude_lowest_highest():
     assert select(S, n=2, betas=[0.5], exclude={5, 7}).tolist() == [2, 3]
-    assert select(S, n=3, strategy="lowest").tolist() == [1, 2, 5]
-    assert select(S, n=3, strategy="highest").tolist() == [4, 3, 5]
+    assert select(S, n=3, strategy="lowest").tolist() == [1, 3, 5]
+    assert select(S, n=3, strategy="highest").tolist() == [4, 2, 5]
 
 
 def test_random_is_seeded_and_may_take_unscored():
@@ -93,3 +95,16 @@ def test_cli_errors(runner, tmp_path):
     assert r.exit_code == 1 and "nope.json: no such file" in r.stderr
     r = runner.invoke(app, ["select", str(sfile), "--n", "1", "--strategy", "best"])
     assert r.exit_code == 2
+    for bad in ("nan", "inf", ",", "x"):
+        r = runner.invoke(app, ["select", str(sfile), "--n", "1", "--beta", bad])
+        assert r.exit_code == 2, (bad, r.output)
+        assert "Traceback" not in r.output
+
+
+def test_cli_stdin(runner):
+    payload = json.dumps({"images": [{"image_id": 4, "score": 0.2}, {"image_id": 9, "score": 0.6}]})
+    r = runner.invoke(app, ["select", "-", "--n", "1", "--beta", "0.5"], input=payload)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["image_ids"] == [9]
+    r = runner.invoke(app, ["select", "-", "--n", "1"], input="{")
+    assert r.exit_code == 1 and r.stderr.startswith("wsis: error: <stdin>: not valid JSON")

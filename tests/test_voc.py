@@ -114,3 +114,27 @@ def test_cli(runner, voc_root, tmp_path):
     assert r.exit_code == 1 and "neither a VOC 2012 tree" in r.stderr
     r = runner.invoke(app, ["data", "voc", str(voc_root), "--split", "test"])
     assert r.exit_code == 1 and "test.txt: split list not found" in r.stderr
+
+
+def test_broken_files_are_one_line_errors(voc_root, tmp_path):
+    xml = voc_root / "Annotations" / "2007_000032.xml"
+    xml.write_text("<annotation><size><width>32")
+    with pytest.raises(InputError, match="2007_000032.xml: not valid XML"):
+        convert_voc(voc_root, split="train")
+    xml.write_text("<annotation><size><width>abc</width><height>24</height></size></annotation>")
+    with pytest.raises(InputError, match="width/height are not integers"):
+        convert_voc(voc_root, split="train")
+    xml.write_text("<annotation><size><width>30</width><height>24</height></size></annotation>")
+    with pytest.raises(InputError, match="size 30x24 differs from the segmentation's 32x24"):
+        convert_voc(voc_root, split="train")
+    sbd = tmp_path / "sbd"
+    (sbd / "inst").mkdir(parents=True)
+    (sbd / "img").mkdir()
+    (sbd / "inst" / "a.mat").write_bytes(b"MATLAB 5.0 garbage" * 20)
+    cv2.imwrite(str(sbd / "img" / "a.jpg"), np.zeros((4, 4, 3), np.uint8))
+    (sbd / "train.txt").write_text("a\n")
+    with pytest.raises(InputError, match="a.mat: not an SBD GTinst file"):
+        convert_voc(sbd, split="train")
+    (sbd / "train.txt").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(InputError, match="train.txt: not a text file"):
+        convert_voc(sbd, split="train")

@@ -61,3 +61,15 @@ def test_cli_cannot_box_an_image_label(runner, tmp_path):
     assert r.exit_code == 1
     assert r.stderr.strip() == f"wsis: error: {gt}: annotation 1 (image 1): has neither a bbox nor a mask, so it cannot become a box label"
     assert not (tmp_path / "o.json").exists()
+
+
+def test_weakening_never_invents_counts(two_images):
+    two_images["annotations"] = [
+        {"id": 1, "image_id": 1, "category_id": 1, "count": None},  # il: count unknown
+        {"id": 2, "image_id": 1, "category_id": 2, "count": 3},     # compact ilc: three instances
+    ]
+    out = weaken(parse_dataset(two_images), "ilc")
+    assert [a.get("count", "absent") for a in out.annotations] == [None, 3]
+    assert [supervision_level(a) for a in out.annotations] == ["il", "ilc"]
+    out = weaken(parse_dataset(two_images), "il")
+    assert [a["count"] for a in out.annotations] == [None, None]

@@ -13,6 +13,7 @@ t_mask = 79 s, t_box = 7 s) these are 20, 22.22, 239.7 and 38.1 s/image.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from wsis_cli.errors import WsisError
@@ -37,8 +38,8 @@ class CostModel:
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if not value >= 0:
-                raise WsisError(f"cost model: {name} must be >= 0, got {value}")
+            if not (value >= 0 and math.isfinite(value)):
+                raise WsisError(f"cost model: {name} must be a finite number >= 0, got {value}")
         if self.classes_per_image > self.classes:
             raise WsisError(f"cost model: classes per image ({self.classes_per_image}) "
                             f"exceeds the number of classes ({self.classes})")

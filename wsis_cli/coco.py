@@ -48,6 +48,9 @@ __all__ = [
     "rle_to_json",
     "provenance",
     "ann_record",
+    "compress_masks",
+    "fill_areas",
+    "display_name",
 ]
 
 SUPERVISION_LEVELS = ("full", "box", "ilc", "il")
@@ -56,9 +59,9 @@ SUPERVISION_LEVELS = ("full", "box", "ilc", "il")
 # ----------------------------------------------------------------------------- JSON files
 def read_json(path: str | os.PathLike) -> Any:
     """Parse a JSON file (``-`` reads stdin); faults become :class:`InputError`."""
-    name = str(path)
+    name = display_name(path)
     try:
-        if name == "-":
+        if name == STDIN_NAME:
             return json.load(sys.stdin)
         with open(name, "rb") as fh:
             return json.load(fh)
@@ -72,6 +75,16 @@ def read_json(path: str | os.PathLike) -> Any:
         raise InputError(name, f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except UnicodeDecodeError:
         raise InputError(name, "not valid JSON: not UTF-8 text") from None
+    except RecursionError:
+        raise InputError(name, "not valid JSON: nested too deeply") from None
+
+
+STDIN_NAME = "<stdin>"
+
+
+def display_name(path: str | os.PathLike) -> str:
+    """How messages name an input: its path, or ``<stdin>`` for ``-``."""
+    return STDIN_NAME if str(path) in ("-", STDIN_NAME) else str(path)
 
 
 def _json_default(o: Any) -> Any:
@@ -104,8 +117,15 @@ def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = None) 
     target = Path(name)
     if target.is_dir():
         raise WsisError(f"{name}: is a directory, expected an output file path")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        if target.exists() and not target.is_file():  # /dev/null, a named pipe: write in place
+            with open(target, "w", encoding="utf-8") as fh:
+                fh.write(text + "\n")
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as e:
+        raise WsisError(f"{name}: cannot write: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -113,11 +133,13 @@ def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = None) 
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):
+            raise WsisError(f"{name}: cannot write: {e.strerror or e}") from None
         raise
 
 
@@ -195,6 +217,35 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_id(v: Any) -> bool:
+    """An integer id that fits int64 (what numpy and pycocotools hold ids in)."""
+    return _is_int(v) and -(2**63) <= v < 2**63
+
+
+def rle_string_counts(counts: str) -> list[int] | None:
+    """Decode pycocotools' compressed RLE string into run lengths; None when malformed."""
+    out: list[int] = []
+    p, n = 0, len(counts)
+    while p < n:
+        x, k, more = 0, 0, True
+        while more:
+            if p >= n:
+                return None  # the string ends inside a number
+            c = ord(counts[p]) - 48
+            if not 0 <= c < 64:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]
+        out.append(x)
+    return out
+
+
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -230,6 +281,12 @@ def _check_segmentation(segm: Any, height: int, width: int, fail) -> None:
             fail(f"uncompressed RLE counts sum to {sum(counts)}, expected height*width = {height * width}")
     elif not isinstance(counts, str) or not counts:
         fail("RLE 'counts' must be a non-empty string (compressed) or a list of integers")
+    else:
+        runs = rle_string_counts(counts)
+        if runs is None or any(r < 0 for r in runs):
+            fail("compressed RLE 'counts' is not a valid RLE string")
+        if sum(runs) != height * width:
+            fail(f"compressed RLE counts sum to {sum(runs)}, expected height*width = {height * width}")
 
 
 @dataclass
@@ -291,8 +348,8 @@ class Dataset:
 
 
 def load_dataset(path: str | os.PathLike) -> Dataset:
-    """Read and validate a COCO dataset file; any fault raises :class:`InputError`."""
-    return parse_dataset(read_json(path), path=str(path))
+    """Read and validate a COCO dataset file (``-``: stdin); any fault raises :class:`InputError`."""
+    return parse_dataset(read_json(path), path=display_name(path))
 
 
 def parse_dataset(obj: Any, *, path: str = "<memory>") -> Dataset:
@@ -319,8 +376,8 @@ def parse_dataset(obj: Any, *, path: str = "<memory>") -> Dataset:
 
         if not isinstance(im, dict):
             fail("must be an object")
-        if not _is_int(im.get("id")):
-            fail("'id' must be an integer")
+        if not _is_id(im.get("id")):
+            fail("'id' must be an integer (int64)")
         if im["id"] in images:
             fail("duplicate image id")
         for k in ("width", "height"):
@@ -333,8 +390,8 @@ def parse_dataset(obj: Any, *, path: str = "<memory>") -> Dataset:
     categories: dict[int, dict] = {}
     for i, c in enumerate(obj["categories"]):
         rec = f"category {c.get('id')}" if isinstance(c, dict) else f"categories[{i}]"
-        if not isinstance(c, dict) or not _is_int(c.get("id")):
-            raise InputError(path, "'id' must be an integer", rec)
+        if not isinstance(c, dict) or not _is_id(c.get("id")):
+            raise InputError(path, "'id' must be an integer (int64)", rec)
         if c["id"] in categories:
             raise InputError(path, "duplicate category id", rec)
         if not isinstance(c.get("name"), str):
@@ -350,15 +407,17 @@ def parse_dataset(obj: Any, *, path: str = "<memory>") -> Dataset:
         def fail(msg: str, rec=rec):
             raise InputError(path, msg, rec)
 
-        if not _is_int(a.get("id")):
-            fail("'id' must be an integer")
+        if not _is_id(a.get("id")):
+            fail("'id' must be an integer (int64)")
         if a["id"] in seen:
             fail("duplicate annotation id")
         seen.add(a["id"])
-        im = images.get(a.get("image_id"))
+        if not _is_id(a.get("image_id")):
+            fail("'image_id' must be an integer")
+        im = images.get(a["image_id"])
         if im is None:
             fail("'image_id' names no image in the file")
-        if a.get("category_id") not in categories or not _is_int(a.get("category_id")):
+        if not _is_id(a.get("category_id")) or a["category_id"] not in categories:
             fail(f"'category_id' {a.get('category_id')!r} names no category in the file")
         if a.get("bbox") is not None:
             _check_bbox(a["bbox"], fail)
@@ -366,17 +425,27 @@ def parse_dataset(obj: Any, *, path: str = "<memory>") -> Dataset:
         if segm is not None and segm != [] and segm != {}:
             _check_segmentation(segm, im["height"], im["width"], fail)
         iscrowd = a.setdefault("iscrowd", 0)
-        if iscrowd not in (0, 1) or isinstance(iscrowd, bool):
+        if not _is_int(iscrowd) or iscrowd not in (0, 1):
             fail("'iscrowd' must be 0 or 1")
         if "count" in a and a["count"] is not None and not (_is_int(a["count"]) and a["count"] >= 1):
             fail("'count' must be null (image-level label) or a positive integer")
         for k in ("area", "score"):
-            if k in a and not _is_num(a[k]):
-                fail(f"'{k}' must be a finite number")
+            if k in a and not (_is_num(a[k]) and a[k] >= 0):
+                fail(f"'{k}' must be a finite number >= 0")
+    if "licenses" in obj and not isinstance(obj["licenses"], list):
+        raise InputError(path, "'licenses' must be a list")
     ds = Dataset(images=obj["images"], annotations=annotations, categories=obj["categories"],
                  info=obj.get("info") if isinstance(obj.get("info"), dict) else {},
                  licenses=obj.get("licenses") or [], path=path)
     return ds
+
+
+def compress_masks(ds: Dataset) -> None:
+    """Rewrite every segmentation (polygons, uncompressed RLE) as compressed RLE, in place."""
+    for a in ds.annotations:
+        if has_segmentation(a) and not (isinstance(a["segmentation"], dict)
+                                        and isinstance(a["segmentation"].get("counts"), str)):
+            a["segmentation"] = rle_to_json(ds.rle(a))
 
 
 def fill_areas(ds: Dataset) -> None:
@@ -393,7 +462,7 @@ def fill_areas(ds: Dataset) -> None:
 
 
 def load_results(path: str | os.PathLike) -> list[dict]:
-    return parse_results(read_json(path), path=str(path))
+    return parse_results(read_json(path), path=display_name(path))
 
 
 def parse_results(obj: Any, *, path: str = "<memory>") -> list[dict]:
@@ -409,9 +478,9 @@ def parse_results(obj: Any, *, path: str = "<memory>") -> list[dict]:
 
         if not isinstance(r, dict):
             fail("must be an object")
-        if not _is_int(r.get("image_id")):
+        if not _is_id(r.get("image_id")):
             fail("'image_id' must be an integer")
-        if not _is_int(r.get("category_id")):
+        if not _is_id(r.get("category_id")):
             fail("'category_id' must be an integer")
         if not _is_num(r.get("score")):
             fail("'score' must be a finite number")

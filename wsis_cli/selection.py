@@ -41,8 +41,8 @@ def parse_scores(obj, *, path: str = "<memory>") -> ImageScores:
         if not isinstance(rec, dict):
             raise InputError(path, "must be an object", name)
         iid = rec.get("image_id")
-        if not isinstance(iid, int) or isinstance(iid, bool):
-            raise InputError(path, "'image_id' must be an integer", name)
+        if not isinstance(iid, int) or isinstance(iid, bool) or not -(2**63) <= iid < 2**63:
+            raise InputError(path, "'image_id' must be an integer (int64)", name)
         name = f"image {iid}"
         if iid in seen:
             raise InputError(path, "duplicate image id", name)
@@ -97,10 +97,13 @@ def select(scores: ImageScores, *, n: int, strategy: str = "closest", betas: lis
 
     if not betas:
         raise WsisError("strategy 'closest' needs at least one --beta")
+    if not all(np.isfinite(b) for b in betas):
+        raise WsisError(f"--beta must be finite numbers, got {betas}")
     chosen: list[np.ndarray] = []
     taken = np.zeros(ids.size, dtype=bool)
     for beta, share in zip(betas, split_evenly(n, len(betas))):
-        dist = np.abs(vals - beta)
+        # rounded so that |0.45 - 0.5| and |0.55 - 0.5| tie (and fall to the image id) as on paper
+        dist = np.round(np.abs(vals - beta), 12)
         dist[taken] = np.inf
         order = np.lexsort((ids, dist))[:share]
         taken[order] = True

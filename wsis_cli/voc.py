@@ -83,7 +83,10 @@ def _image_id(stem: str, fallback: int) -> int:
 def _read_split(path: Path) -> list[str]:
     if not path.is_file():
         raise WsisError(f"{path}: split list not found")
-    return [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
+    try:
+        return [ln.split()[0] for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except UnicodeDecodeError:
+        raise InputError(path, "not a text file of image names") from None
 
 
 def _sbd_root(root: Path) -> Path | None:
@@ -104,9 +107,14 @@ def _voc_instances(root: Path, stem: str) -> tuple[int, int, list[tuple[int, np.
         raise InputError(cls_png, f"size {cls.shape[::-1]} differs from {obj_png.name}'s {obj.shape[::-1]}")
     xml = root / "Annotations" / f"{stem}.xml"
     if xml.is_file():
-        size = ET.parse(xml).getroot().find("size")
+        try:
+            size = ET.parse(xml).getroot().find("size")
+            w, h = (int(size.findtext("width", "0")), int(size.findtext("height", "0"))) if size is not None else (0, 0)
+        except ET.ParseError as e:
+            raise InputError(xml, f"not valid XML: {e}") from None
+        except ValueError:
+            raise InputError(xml, "<size> width/height are not integers") from None
         if size is not None:
-            w, h = int(size.findtext("width", "0")), int(size.findtext("height", "0"))
             if (w, h) != (obj.shape[1], obj.shape[0]):
                 raise InputError(xml, f"size {w}x{h} differs from the segmentation's {obj.shape[1]}x{obj.shape[0]}")
     out = []
@@ -135,8 +143,10 @@ def _sbd_instances(root: Path, stem: str) -> tuple[int, int, list[tuple[int, np.
         gt = loadmat(str(mat), squeeze_me=True, struct_as_record=False)["GTinst"]
         seg = np.asarray(gt.Segmentation)
         cats = np.atleast_1d(np.asarray(gt.Categories)).astype(int)
-    except (KeyError, AttributeError, ValueError) as e:
-        raise InputError(mat, f"not an SBD GTinst file ({e})") from None
+    except Exception as e:  # scipy raises MatReadError, ValueError, TypeError... on a bad file
+        raise InputError(mat, f"not an SBD GTinst file ({type(e).__name__}: {e})") from None
+    if seg.ndim != 2:
+        raise InputError(mat, f"GTinst.Segmentation must be a 2-D array, got shape {seg.shape}")
     out = []
     for idx in np.unique(seg):
         if idx in (0, VOID):

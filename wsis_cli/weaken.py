@@ -5,6 +5,8 @@
 - ``ilc``: image-level labels with counts, one annotation per non-crowd instance holding only
   ``id``, ``image_id``, ``category_id``. Crowd regions are dropped (they hold an unknown
   number of instances), but a class present only as crowd still appears, as an ``il`` label.
+  Labels that already carry a ``count`` (a compact ``ilc`` count, or ``null`` for ``il``)
+  keep it: weakening never invents a count.
 - ``il``: one annotation per (image, present class) with ``"count": null``; its id is that of
   the class's first annotation in the image.
 """
@@ -45,7 +47,10 @@ def weaken(ds: Dataset, to: str) -> Dataset:
         crowd_only: set[tuple[int, int]] = set()
         for a in ds.annotations:
             key = (a["image_id"], a["category_id"])
-            if not a.get("iscrowd"):
+            if "count" in a:  # already image-level: keep what is known of the count
+                out.append({"id": a["id"], "image_id": a["image_id"], "category_id": a["category_id"],
+                            "count": a["count"]})
+            elif not a.get("iscrowd"):
                 out.append({"id": a["id"], "image_id": a["image_id"], "category_id": a["category_id"]})
             elif key not in non_crowd and key not in crowd_only:
                 crowd_only.add(key)

@@ -61,6 +61,32 @@ def test_subset_errors(runner, tmp_path, two_images):
     assert r.exit_code == 1 and "asked for 3 images but it has 2" in r.stderr
     r = runner.invoke(app, ["data", "subset", str(gt)])
     assert r.exit_code == 2
+    for content, msg in [("", "holds no image ids"), ("[]", "holds no image ids"),
+                         ('{"foo": 1}', "needs an 'image_ids' or 'images' list"),
+                         ("[true]", "True is not an image id"), ("[1.5]", "1.5 is not an image id"),
+                         ("Infinity", "inf is not an image id")]:
+        (tmp_path / "ids.txt").write_text(content)
+        r = runner.invoke(app, ["data", "subset", str(gt), "--ids", str(tmp_path / "ids.txt")])
+        assert r.exit_code == 1 and msg in r.stderr, (content, r.output)
+        assert len(r.stderr.strip().splitlines()) == 1
+    (tmp_path / "ids.txt").write_bytes(b"\xff\xfe")
+    r = runner.invoke(app, ["data", "subset", str(gt), "--ids", str(tmp_path / "ids.txt")])
+    assert r.exit_code == 1 and "not a text or JSON file of image ids" in r.stderr
+    r = runner.invoke(app, ["data", "subset", "-", "--ids", "-"], input="{}")
+    assert r.exit_code == 2
+
+
+def test_subset_reads_stdin_and_writes_compressed_rle(runner, two_images):
+    two_images["annotations"][0]["segmentation"] = [[2, 2, 12, 2, 12, 12, 2, 12]]  # a polygon in
+    r = runner.invoke(app, ["data", "subset", "-", "--n", "2"], input=json.dumps(two_images))
+    assert r.exit_code == 0, r.output
+    segs = [a["segmentation"] for a in json.loads(r.stdout)["annotations"]]
+    assert all(isinstance(s, dict) and isinstance(s["counts"], str) for s in segs)  # compressed RLE out
+
+
+def test_synth_needs_a_folder(runner):
+    r = runner.invoke(app, ["data", "synth", "--out", "-", "--n", "1"])
+    assert r.exit_code == 2
 
 
 def test_bad_dataset_is_one_line_exit_1(runner, tmp_path, two_images):
@@ -70,3 +96,8 @@ def test_bad_dataset_is_one_line_exit_1(runner, tmp_path, two_images):
     assert r.exit_code == 1
     assert r.stderr.strip() == f"wsis: error: {gt}: annotation 3 (image 9): 'image_id' names no image in the file"
     assert "Traceback" not in r.output
+    two_images["annotations"][2]["image_id"] = [2]
+    gt = write(tmp_path / "gt.json", two_images)
+    r = runner.invoke(app, ["data", "subset", str(gt), "--n", "1"])
+    assert r.exit_code == 1
+    assert r.stderr.strip() == f"wsis: error: {gt}: annotation 3 (image [2]): 'image_id' must be an integer"

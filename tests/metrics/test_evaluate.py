@@ -108,7 +108,10 @@ def test_dataset_as_predictions_scores_one_unless_given(two_images):
     pseudo["annotations"][2]["score"] = 0.5
     pseudo["annotations"].append(wrong)
     r = run(two_images, parse_dataset(pseudo, path="pseudo.json"), per_class=True)
-    assert r["per_class"][0]["AP50"] < 1.0
+    # class 1, ranked: annotation 1 (score 1.0, hit), the wrong mask (0.99, miss), annotation 3
+    # (0.5, hit): precision 1 up to recall 0.5, then 2/3 at recall 1 -> (51 * 1 + 50 * 2/3) / 101
+    assert r["per_class"][0]["AP50"] == pytest.approx((51 + 50 * 2 / 3) / 101)
+    assert r["per_class"][1]["AP50"] == ONE
 
 
 @pytest.mark.parametrize("change,msg", [
@@ -148,7 +151,12 @@ def test_cli_json_and_table(runner, tmp_path, two_images):
     assert set(rec["mAP"]) == {"0.5", "0.9"}
     assert rec["per_class"][0]["name"] == "c1"
     r = runner.invoke(app, ["evaluate", str(gt), str(pred)])
-    assert r.exit_code == 0 and "mAP@0.25" in r.stdout and "ABO" in r.stdout
+    assert r.exit_code == 0 and r.stdout == ""
+    assert "mAP@0.25" in r.stderr and "ABO" in r.stderr
+    r = runner.invoke(app, ["evaluate", str(gt), "-", "--json", "--iou-thrs", "0.123456789"],
+                      input=json.dumps(results_from(two_images)))
+    assert r.exit_code == 0, r.output
+    assert list(json.loads(r.stdout)["mAP"]) == ["0.123456789"]  # the threshold as given
 
 
 def test_cli_errors(runner, tmp_path, two_images):
@@ -161,8 +169,15 @@ def test_cli_errors(runner, tmp_path, two_images):
     assert r.exit_code == 1
     assert r.stderr.strip() == f"wsis: error: {pred}: result 1 (image 42): 'image_id' names no image of the ground truth"
     assert not out.exists()
-    r = runner.invoke(app, ["evaluate", str(gt), str(gt), "--iou-thrs", "0.5,abc"])
-    assert r.exit_code == 2
+    for bad in ("0.5,abc", "0", "nan", "1.5", ","):
+        r = runner.invoke(app, ["evaluate", str(gt), str(gt), "--iou-thrs", bad])
+        assert r.exit_code == 2, (bad, r.output)
+    r = runner.invoke(app, ["evaluate", str(gt), "-"], input=json.dumps(bad_results := results_from(two_images)[:1]))
+    assert r.exit_code == 0
+    bad_results[0]["category_id"] = 9
+    r = runner.invoke(app, ["evaluate", str(gt), "-"], input=json.dumps(bad_results))
+    assert r.exit_code == 1
+    assert r.stderr.strip() == "wsis: error: <stdin>: result 0 (image 1): 'category_id' 9 names no category of the ground truth"
 
 
 # ------------------------------------------------------------------------------- real data
@@ -214,3 +229,29 @@ def test_matches_pycocotools_on_coco_mini(coco_mini):
             g = rle_to_mask(gt.rle(a))[None]
             best.append(mask_iou(np.stack(dts), g).max() if dts else 0.0)
     assert ours["ABO"] == pytest.approx(np.mean(best), abs=1e-6)
+
+
+def test_matches_pycocotools_on_synthetic_data(tmp_path):
+    """The same cross-check as on COCO, on data the test makes, so it runs everywhere."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from wsis_cli.synth import synthesize
+
+    (tmp_path / "gt.json").write_text(json.dumps(synthesize(tmp_path, n=12, size=128, seed=3)))
+    gt = load_dataset(tmp_path / "gt.json")
+    preds = perturbed_predictions(gt, seed=1, max_kernel=3)
+    ours = evaluate(gt, preds, iou_thrs=[0.5, 0.75])
+    with contextlib.redirect_stdout(io.StringIO()):
+        cg = COCO(str(tmp_path / "gt.json"))
+        ev = COCOeval(cg, cg.loadRes(copy.deepcopy(preds)), "segm")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert 0.1 < ours["AP"] < 0.95
+    assert ours["AP"] == pytest.approx(ev.stats[0], abs=1e-12)
+    assert ours["mAP"]["0.5"] == pytest.approx(ev.stats[1], abs=1e-12)
+    assert ours["mAP"]["0.75"] == pytest.approx(ev.stats[2], abs=1e-12)

@@ -27,13 +27,17 @@ def budget(
 ) -> None:
     """Annotation cost in seconds, hours and days (the mask-guided paper's Table 1 model).
 
+    A table goes to stderr; --json prints the record on stdout, --out writes it to a file.
+
     Defaults are the paper's Pascal VOC figures: 20 s (il), 22.22 s (ilc), 38.1 s (box) and
     239.7 s (full) per image. Days are 86,400 s.
     """
-    from wsis_cli.budget import CostModel
+    from wsis_cli.budget import WEAK_TYPES, CostModel
     from wsis_cli.budget import budget as compute
     from wsis_cli.coco import provenance
 
+    if weak_type not in WEAK_TYPES:
+        raise typer.BadParameter(f"must be one of {', '.join(WEAK_TYPES)}", param_hint="--weak-type")
     model = CostModel(classes=classes, classes_per_image=classes_per_image, objects_per_image=objects_per_image,
                       t_class=t_class, t_count=t_count, t_mask=t_mask, t_box=t_box)
     rec = compute(strong=strong, weak=weak, weak_type=weak_type, model=model)
@@ -47,8 +51,9 @@ def budget(
 
 
 def _print_table(rec: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from wsis_cli.cli.io import err_console as console
 
     per = rec["per_image_seconds"]
     t = Table(title="Annotation budget", title_justify="left")
@@ -61,7 +66,6 @@ def _print_table(rec: dict) -> None:
               f"{w['seconds'] / 3600:,.1f}", f"{w['days']:.2f}")
     t.add_row("total", f"{s['images'] + w['images']:,}", "", "", f"{tot['seconds']:,.0f}",
               f"{tot['hours']:,.1f}", f"{tot['days']:.2f}", style="bold")
-    console = Console()
     console.print(t)
     console.print("per image: " + ", ".join(f"{k} {v:.2f} s" for k, v in per.items()))
     eq = rec["equivalent_full_images"]

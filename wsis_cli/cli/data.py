@@ -26,6 +26,8 @@ def synth(
     from wsis_cli.coco import provenance
     from wsis_cli.synth import synthesize
 
+    if str(out) == "-":
+        raise typer.BadParameter("synth writes a folder (images/ and gt.json), not stdout", param_hint="--out")
     with progress_bar("synthesising") as progress:
         ds = synthesize(out, n=n, size=size, seed=seed, n_classes=classes, progress=progress)
     ds["info"]["wsis"] = provenance("data synth", {"out": out, "n": n, "size": size, "classes": classes}, seed)
@@ -72,31 +74,46 @@ def voc(
 
 def read_ids(path: str) -> list[int]:
     """Image ids from a file: a JSON list, a JSON object with 'image_ids' (what `select` writes)
-    or 'images', or plain text with one id per line (commas and spaces also separate)."""
+    or 'images' (a dataset), or plain text with one id per line (commas and spaces also separate).
+    An empty or unreadable list is an error, never an empty subset."""
     import json
+    import sys
 
+    from wsis_cli.coco import display_name
     from wsis_cli.errors import InputError
 
+    name = display_name(path)
     try:
-        text = Path(path).read_text() if path != "-" else __import__("sys").stdin.read()
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        text = raw.decode("utf-8")
     except FileNotFoundError:
-        raise InputError(path, "no such file") from None
+        raise InputError(name, "no such file") from None
+    except IsADirectoryError:
+        raise InputError(name, "is a directory, expected a file of image ids") from None
+    except UnicodeDecodeError:
+        raise InputError(name, "not a text or JSON file of image ids") from None
     try:
         obj = json.loads(text)
     except json.JSONDecodeError:
         obj = text.replace(",", " ").split()
     if isinstance(obj, dict):
-        obj = obj.get("image_ids", [im.get("id") for im in obj.get("images", []) if isinstance(im, dict)])
+        if isinstance(obj.get("image_ids"), list):
+            obj = obj["image_ids"]
+        elif isinstance(obj.get("images"), list):
+            obj = [im.get("id") if isinstance(im, dict) else im for im in obj["images"]]
+        else:
+            raise InputError(name, "a JSON object of ids needs an 'image_ids' or 'images' list")
     if not isinstance(obj, list):
         obj = [obj]
+    if not obj:
+        raise InputError(name, "holds no image ids")
     ids = []
     for i, v in enumerate(obj):
-        try:
-            ids.append(int(v))
-            if isinstance(v, float) and v != int(v):
-                raise ValueError
-        except (TypeError, ValueError):
-            raise InputError(path, f"{v!r} is not an image id", f"entry {i}") from None
+        if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+            v = int(v)
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise InputError(name, f"{v!r} is not an image id", f"entry {i}")
+        ids.append(v)
     return ids
 
 
@@ -113,27 +130,30 @@ def subset(
     """A subset of a dataset by image ids (or K random images), annotations included."""
     import numpy as np
 
-    from wsis_cli.coco import load_dataset, provenance
+    from wsis_cli.coco import compress_masks, display_name, load_dataset, provenance
     from wsis_cli.errors import InputError, WsisError
 
     if (ids is None) == (n is None):
         raise typer.BadParameter("give exactly one of --ids FILE or --n K", param_hint="--ids/--n")
+    if dataset == "-" and ids == "-":
+        raise typer.BadParameter("the dataset and --ids cannot both be read from stdin", param_hint="--ids")
     ds = load_dataset(dataset)
     if ids is not None:
         chosen = read_ids(ids)
         unknown = [i for i in chosen if i not in ds.image_by_id]
         if unknown:
-            raise InputError(ids, f"image id {unknown[0]} is not in {dataset}"
+            raise InputError(display_name(ids), f"image id {unknown[0]} is not in {display_name(dataset)}"
                              + (f" ({len(unknown)} such ids)" if len(unknown) > 1 else ""))
     else:
         if n > len(ds.images):
-            raise WsisError(f"{dataset}: asked for {n} images but it has {len(ds.images)}")
-        all_ids = np.array(sorted(ds.image_by_id), dtype=np.int64)
-        chosen = all_ids[np.random.default_rng(seed).permutation(all_ids.size)[:n]].tolist()
+            raise WsisError(f"{display_name(dataset)}: asked for {n} images but it has {len(ds.images)}")
+        all_ids = sorted(ds.image_by_id)
+        chosen = [all_ids[i] for i in np.random.default_rng(seed).permutation(len(all_ids))[:n]]
     keep = set(chosen)
     if complement:
         keep = set(ds.image_by_id) - keep
     sub = ds.subset(keep)
+    compress_masks(sub)
     write_output(out, sub.to_json(provenance("data subset", {"dataset": dataset, "ids": ids, "n": n,
                                                               "complement": complement}, seed)))
     info(f"{len(sub.images)} of {len(ds.images)} images, {len(sub.annotations)} annotations")

@@ -13,10 +13,10 @@ from wsis_cli.cli.select import parse_floats
 
 def load_predictions(path: str):
     """A results list or a dataset (pseudo-labels), validated for shape."""
-    from wsis_cli.coco import parse_dataset, parse_results, read_json
+    from wsis_cli.coco import display_name, parse_dataset, parse_results, read_json
 
-    obj = read_json(path)
-    return parse_results(obj, path=path) if isinstance(obj, list) else parse_dataset(obj, path=path)
+    obj, name = read_json(path), display_name(path)
+    return parse_results(obj, path=name) if isinstance(obj, list) else parse_dataset(obj, path=name)
 
 
 @cli_errors
@@ -28,21 +28,19 @@ def evaluate(
     as_json: JsonFlag = False,
     out: Annotated[str | None, typer.Option("--out", "-o", help="Also write the JSON record to this file.")] = None,
 ) -> None:
-    """Score predicted masks (or boxes) against ground truth.
+    """Score predicted masks (or boxes) against ground truth (a table on stderr; JSON with --json/--out).
 
     mAP^r at each threshold, COCO AP@[.5:.95], AP_S/AP_L split at 64×64 px, ABO (mean best
     mask IoU of each ground-truth instance) and, with --per-class, AP@0.5 per category.
     """
-    from wsis_cli.coco import fill_areas, load_dataset, provenance
+    thrs = parse_floats([iou_thrs], option="--iou-thrs", lo=0.0, hi=1.0, lo_open=True)
+    from wsis_cli.coco import display_name, fill_areas, load_dataset, provenance
     from wsis_cli.metrics import evaluate as compute
 
-    thrs = parse_floats([iou_thrs], option="--iou-thrs")
-    if not thrs:
-        raise typer.BadParameter("give at least one threshold", param_hint="--iou-thrs")
     gt_ds = load_dataset(gt)
     fill_areas(gt_ds)
     preds = load_predictions(pred)
-    rec = compute(gt_ds, preds, iou_thrs=thrs, per_class=per_class, pred_path=pred)
+    rec = compute(gt_ds, preds, iou_thrs=thrs, per_class=per_class, pred_path=display_name(pred))
     rec["info"] = {"wsis": provenance("evaluate", {"gt": gt, "pred": pred, "iou_thrs": thrs, "per_class": per_class})}
     if out:
         write_output(out, rec, indent=2)
@@ -57,8 +55,9 @@ def _fmt(v: float | None) -> str:
 
 
 def print_report(rec: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from wsis_cli.cli.io import err_console as console
 
     kind = "mask" if rec["iou_type"] == "segm" else "box"
     t = Table(title=f"{kind} evaluation", title_justify="left",
@@ -69,7 +68,6 @@ def print_report(rec: dict) -> None:
         t.add_column(c, justify="right")
     vals = [*rec["mAP"].values(), rec["AP"], rec["AP_S"], rec["AP_L"]] + ([rec["ABO"]] if kind == "mask" else [])
     t.add_row(*(_fmt(v) for v in vals))
-    console = Console()
     console.print(t)
     if rec["per_class"]:
         pc = Table(title="per class", title_justify="left")

@@ -10,17 +10,27 @@ from wsis_cli.cli.io import cli_errors, info, write_output
 from wsis_cli.cli.options import Out, Seed
 
 
-def parse_floats(values: list[str] | None, *, option: str) -> list[float]:
-    """``["0.3,0.5", "0.7"]`` -> ``[0.3, 0.5, 0.7]``; a bad number is a usage error."""
+def parse_floats(values: list[str] | None, *, option: str, lo: float | None = None, hi: float | None = None,
+                 lo_open: bool = False) -> list[float]:
+    """``["0.3,0.5", "0.7"]`` -> ``[0.3, 0.5, 0.7]``; a bad or out-of-range number is a usage
+    error (exit 2). ``None`` or ``[]`` gives ``[]``; an option given but empty is an error."""
+    import math
+
     out: list[float] = []
     for v in values or []:
-        for part in v.split(","):
-            if not part.strip():
-                continue
+        parts = [p for p in v.split(",") if p.strip()]
+        if not parts:
+            raise typer.BadParameter(f"{v!r} holds no number", param_hint=option)
+        for part in parts:
             try:
-                out.append(float(part))
+                x = float(part)
             except ValueError:
                 raise typer.BadParameter(f"{part!r} is not a number", param_hint=option) from None
+            if not math.isfinite(x) or (lo is not None and (x <= lo if lo_open else x < lo)) \
+                    or (hi is not None and x > hi):
+                bounds = f" in {'(' if lo_open else '['}{lo}, {hi}]" if lo is not None else ""
+                raise typer.BadParameter(f"{part!r} is not a finite number{bounds}", param_hint=option)
+            out.append(x)
     return out
 
 
@@ -37,14 +47,14 @@ def select(
     """Select images to send to annotators: by default the n whose score is closest to β."""
     import numpy as np
 
-    from wsis_cli.coco import load_dataset, provenance, read_json
+    from wsis_cli.coco import display_name, load_dataset, provenance, read_json
     from wsis_cli.selection import STRATEGIES, parse_scores
     from wsis_cli.selection import select as choose
 
     if strategy not in STRATEGIES:
         raise typer.BadParameter(f"must be one of {', '.join(STRATEGIES)}", param_hint="--strategy")
     betas = parse_floats(beta, option="--beta") or [0.5]
-    s = parse_scores(read_json(scores), path=scores)
+    s = parse_scores(read_json(scores), path=display_name(scores))
     excluded = {im["id"] for im in load_dataset(exclude).images} if exclude else set()
     ids = choose(s, n=n, strategy=strategy, betas=betas, exclude=excluded, seed=seed)
     rec = {

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from wsis_cli.coco import Dataset, _check_segmentation, ann_record, has_segmentation, segm_to_rle
-from wsis_cli.errors import InputError
+from wsis_cli.errors import InputError, WsisError
 
 __all__ = ["evaluate", "normalise_predictions", "SMALL_AREA", "STANDARD_IOU_THRS"]
 
@@ -158,10 +158,10 @@ def evaluate(gt: Dataset, preds: list[dict] | Dataset, *, iou_thrs=(0.25, 0.5, 0
     from pycocotools.cocoeval import COCOeval
 
     records, iou_type = normalise_predictions(gt, preds, path=pred_path)
-    user_thrs = [round(float(t), 4) for t in iou_thrs]
+    user_thrs = list(dict.fromkeys(float(t) for t in iou_thrs))
     for t in user_thrs:
-        if not 0.0 < t <= 1.0:
-            raise InputError("--iou-thrs", f"threshold {t} is not in (0, 1]")
+        if not 0.0 < t <= 1.0:  # also rejects NaN
+            raise WsisError(f"IoU threshold {t} is not in (0, 1]")
     thrs = np.array(sorted(set(user_thrs) | set(STANDARD_IOU_THRS.tolist())))
 
     quiet = io.StringIO()
@@ -177,12 +177,12 @@ def evaluate(gt: Dataset, preds: list[dict] | Dataset, *, iou_thrs=(0.25, 0.5, 0
         ev.evaluate()
         ev.accumulate()
     prec = ev.eval["precision"]  # [T, R, K, A, M]; -1 where a category has no ground truth
-    std = np.isin(np.round(thrs, 4), STANDARD_IOU_THRS)
-    t_index = {round(float(t), 4): i for i, t in enumerate(thrs)}
+    std = np.isin(thrs, STANDARD_IOU_THRS)
+    t_index = {float(t): i for i, t in enumerate(thrs)}
 
     result: dict[str, Any] = {
         "iou_type": iou_type,
-        "mAP": {f"{t:g}": _mean_valid(prec[t_index[t], :, :, 0, -1]) for t in user_thrs},
+        "mAP": {repr(t): _mean_valid(prec[t_index[t], :, :, 0, -1]) for t in user_thrs},
         "AP": _mean_valid(prec[std][:, :, :, 0, -1]),
         "AP_S": _mean_valid(prec[std][:, :, :, 1, -1]),
         "AP_L": _mean_valid(prec[std][:, :, :, 2, -1]),

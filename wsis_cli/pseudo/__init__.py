@@ -1,0 +1,1 @@
+"""Pseudo-labels from weak labels: GrabCut on boxes with the ellipse fallback."""

@@ -1,0 +1,214 @@
+"""Box -> instance mask by GrabCut (Rother et al. 2004), as the hybrid-networks paper uses it.
+
+For each box, GrabCut runs on a crop of the box plus a margin (not the whole image): the
+pixels outside the box are sure background, the box is probable foreground. A mask whose own
+bounding box has IoU < ``valid_iou`` with the given box is *invalid* (the paper's rule) and is
+replaced by the fallback, by default the ellipse inscribed in the box.
+
+Results are deterministic: OpenCV's random generator (GrabCut's k-means) is reseeded for every
+box from ``(seed, annotation id)``, so a box gets the same mask in any order, process or shard.
+
+Beyond the paper's recipe (each measured on COCO boxes, see benchmarks/RESULTS.md):
+``init``: how the box is seeded (``rect``: the whole box probable foreground; ``ellipse``:
+the box corners outside the inscribed ellipse probable background), ``color`` (GrabCut's colour
+space), ``cleanup`` (morphological clean-up, keep the component that best fills the box, fill
+holes) and ``max_side`` (large crops are downscaled before GrabCut, the mask upscaled after).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from wsis_cli.boxes import box_iou, mask_to_box
+from wsis_cli.errors import WsisError
+from wsis_cli.pseudo.fallback import FALLBACKS, fallback_mask
+
+__all__ = ["GrabCutConfig", "BoxResult", "grabcut_box", "segment_boxes", "resolve_overlaps", "box_seed"]
+
+INITS = ("rect", "ellipse")
+COLORS = ("rgb", "lab", "hsv")
+
+
+@dataclass(frozen=True)
+class GrabCutConfig:
+    iters: int = 5              # GrabCut iterations
+    margin: float = 0.2         # crop margin around the box, as a fraction of the box side
+    min_margin: int = 8         # ... and at least this many pixels (where the image allows)
+    valid_iou: float = 0.5      # a mask is valid when IoU(its bbox, the given box) >= this
+    fallback: str = "ellipse"   # ellipse | box | none: what replaces an invalid or empty mask
+    init: str = "rect"          # rect | ellipse: seeding of the box
+    color: str = "rgb"          # rgb | lab | hsv: the space GrabCut's colour models live in
+    cleanup: bool = False       # open/close, keep the component that best fills the box, fill holes
+    max_side: int = 0           # downscale crops whose longer side exceeds this (0: never)
+    min_side: int = 4           # boxes narrower than this (px) skip GrabCut: too few pixels to model
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.iters < 1:
+            raise WsisError(f"--iters must be >= 1, got {self.iters}")
+        if not 0.0 <= self.valid_iou <= 1.0:
+            raise WsisError(f"--valid-iou must be in [0, 1], got {self.valid_iou}")
+        if self.margin < 0:
+            raise WsisError(f"--margin must be >= 0, got {self.margin}")
+        if self.fallback not in FALLBACKS:
+            raise WsisError(f"--fallback must be one of {', '.join(FALLBACKS)}, got {self.fallback!r}")
+        if self.init not in INITS:
+            raise WsisError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.color not in COLORS:
+            raise WsisError(f"color must be one of {', '.join(COLORS)}, got {self.color!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class BoxResult:
+    """One box's mask (``HxW`` bool, or None when there is none) and how it was made."""
+
+    mask: np.ndarray | None
+    method: str      # grabcut | ellipse | box | none
+    valid: bool      # the GrabCut mask passed the validity rule
+    box_iou: float   # IoU of the GrabCut mask's bbox with the given box (0 when GrabCut gave nothing)
+
+
+def box_seed(seed: int, ann_id: int) -> int:
+    """OpenCV RNG seed of one box: the same for the same ``(seed, annotation id)``."""
+    return int(np.random.SeedSequence([seed, ann_id & 0xFFFFFFFF, ann_id >> 32]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def _pixel_span(lo: float, hi: float, limit: int) -> tuple[int, int]:
+    """Pixels whose centres lie in [lo, hi], at least one, inside [0, limit)."""
+    a = int(np.clip(np.floor(lo + 0.5), 0, limit - 1))
+    b = int(np.clip(np.ceil(hi - 0.5), a + 1, limit))
+    return a, b
+
+
+def _largest_filling_component(fg: np.ndarray, box_px: tuple[int, int, int, int]) -> np.ndarray:
+    """Keep the connected component whose bbox best matches the box (ties: the larger one)."""
+    import cv2
+
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8), connectivity=8)
+    if n <= 2:
+        return fg
+    boxes = np.stack([stats[1:, 0], stats[1:, 1], stats[1:, 0] + stats[1:, 2], stats[1:, 1] + stats[1:, 3]], 1)
+    ious = box_iou(boxes, np.array([box_px], dtype=np.float64))[:, 0]
+    best = int(np.lexsort((-stats[1:, cv2.CC_STAT_AREA], -ious))[0]) + 1
+    return labels == best
+
+
+def _fill_holes(m: np.ndarray) -> np.ndarray:
+    import cv2
+
+    inv = np.pad(~m, 1, constant_values=True).astype(np.uint8)
+    n, labels = cv2.connectedComponents(inv, connectivity=4)
+    outside = labels == labels[0, 0]
+    return m | ~outside[1:-1, 1:-1]
+
+
+def grabcut_box(image: np.ndarray, box, cfg: GrabCutConfig, seed: int) -> tuple[np.ndarray | None, tuple[int, int]]:
+    """GrabCut one ``x1, y1, x2, y2`` box (inside the image) of an ``HxWx3`` uint8 image.
+
+    Returns ``(mask, (row0, col0))``: the mask over the crop that starts at ``(row0, col0)``,
+    or ``(None, ...)`` when the box is too thin for GrabCut or GrabCut finds no model.
+    """
+    import cv2
+
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = (float(v) for v in box)
+    c1, c2 = _pixel_span(x1, x2, w)
+    r1, r2 = _pixel_span(y1, y2, h)
+    if c2 - c1 < cfg.min_side or r2 - r1 < cfg.min_side:
+        return None, (r1, c1)
+    mx = max(cfg.min_margin, cfg.margin * (c2 - c1))
+    my = max(cfg.min_margin, cfg.margin * (r2 - r1))
+    R1, R2 = max(0, int(np.floor(r1 - my))), min(h, int(np.ceil(r2 + my)))
+    C1, C2 = max(0, int(np.floor(c1 - mx))), min(w, int(np.ceil(c2 + mx)))
+    crop = image[R1:R2, C1:C2]
+    ch, cw = crop.shape[:2]
+    scale = 1.0
+    if cfg.max_side and max(ch, cw) > cfg.max_side:
+        scale = cfg.max_side / max(ch, cw)
+        crop = cv2.resize(crop, (max(1, round(cw * scale)), max(1, round(ch * scale))), interpolation=cv2.INTER_AREA)
+    sh, sw = crop.shape[:2]
+    # the box in (possibly scaled) crop pixels
+    b1, b2 = int(np.floor((r1 - R1) * scale)), max(int(np.floor((r1 - R1) * scale)) + 1, int(np.ceil((r2 - R1) * scale)))
+    a1, a2 = int(np.floor((c1 - C1) * scale)), max(int(np.floor((c1 - C1) * scale)) + 1, int(np.ceil((c2 - C1) * scale)))
+    b2, a2 = min(b2, sh), min(a2, sw)
+
+    gc = np.full((sh, sw), cv2.GC_BGD, dtype=np.uint8)
+    gc[b1:b2, a1:a2] = cv2.GC_PR_FGD
+    if cfg.init == "ellipse":
+        yy, xx = np.mgrid[b1:b2, a1:a2]
+        cy, cx, ry, rx = (b1 + b2) / 2, (a1 + a2) / 2, (b2 - b1) / 2, (a2 - a1) / 2
+        corners = ((xx + 0.5 - cx) / rx) ** 2 + ((yy + 0.5 - cy) / ry) ** 2 > 1.0
+        gc[b1:b2, a1:a2][corners] = cv2.GC_PR_BGD
+    bg = (gc == cv2.GC_BGD) | (gc == cv2.GC_PR_BGD)
+    if bg.sum() < 16:  # the box fills the crop (e.g. the whole image): its rim stands for the background
+        ring = max(1, round(0.05 * min(b2 - b1, a2 - a1)))
+        rim = np.zeros_like(bg)
+        rim[b1:b2, a1:a2] = True
+        rim[b1 + ring:b2 - ring, a1 + ring:a2 - ring] = False
+        gc[rim] = cv2.GC_PR_BGD
+    if cfg.color == "lab":
+        crop = cv2.cvtColor(crop, cv2.COLOR_RGB2LAB)
+    elif cfg.color == "hsv":
+        crop = cv2.cvtColor(crop, cv2.COLOR_RGB2HSV)
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(seed)
+    try:
+        cv2.grabCut(np.ascontiguousarray(crop), gc, None, bgd, fgd, cfg.iters, cv2.GC_INIT_WITH_MASK)
+    except cv2.error:  # too few distinct pixels to fit the colour models
+        return None, (R1, C1)
+    fg = (gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)
+    if scale != 1.0:
+        fg = cv2.resize(fg.astype(np.uint8), (cw, ch), interpolation=cv2.INTER_NEAREST).astype(bool)
+    inside = np.zeros((ch, cw), dtype=bool)
+    inside[r1 - R1:r2 - R1, c1 - C1:c2 - C1] = True
+    fg &= inside
+    if cfg.cleanup and fg.any():
+        k = np.ones((3, 3), np.uint8)
+        fg = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_OPEN, k).astype(bool) if min(r2 - r1, c2 - c1) >= 12 else fg
+        fg = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_CLOSE, k).astype(bool) & inside
+        if fg.any():
+            fg = _fill_holes(_largest_filling_component(fg, (c1 - C1, r1 - R1, c2 - C1, r2 - R1)))
+    return (fg if fg.any() else None), (R1, C1)
+
+
+def segment_boxes(image: np.ndarray, boxes: np.ndarray, seeds: list[int], cfg: GrabCutConfig) -> list[BoxResult]:
+    """Masks for ``boxes`` (N, 4) ``x1, y1, x2, y2`` of one image, validity rule and fallback
+    applied, before overlap resolution."""
+    h, w = image.shape[:2]
+    out = []
+    for box, seed in zip(boxes, seeds):
+        crop_mask, (r0, c0) = grabcut_box(image, box, cfg, seed)
+        iou = 0.0
+        if crop_mask is not None:
+            full = np.zeros((h, w), dtype=bool)
+            full[r0:r0 + crop_mask.shape[0], c0:c0 + crop_mask.shape[1]] = crop_mask
+            iou = float(box_iou(mask_to_box(full)[None], np.asarray(box, dtype=np.float64)[None])[0, 0])
+            if iou >= cfg.valid_iou:
+                out.append(BoxResult(full, "grabcut", True, iou))
+                continue
+        fb = fallback_mask(cfg.fallback, box, h, w)
+        if fb is None:  # --fallback none: keep GrabCut's invalid mask as it is (or nothing)
+            out.append(BoxResult(full if crop_mask is not None else None, "grabcut" if crop_mask is not None else "none",
+                                 False, iou))
+        else:
+            out.append(BoxResult(fb, cfg.fallback, False, iou))
+    return out
+
+
+def resolve_overlaps(masks: list[np.ndarray | None]) -> list[np.ndarray | None]:
+    """Pixels claimed by several masks go to the smallest of them (by pixel count before
+    resolution; ties to the later mask), so instance masks never overlap."""
+    present = [i for i, m in enumerate(masks) if m is not None]
+    if len(present) < 2:
+        return list(masks)
+    h, w = masks[present[0]].shape
+    owner = np.full((h, w), -1, dtype=np.int32)
+    areas = {i: int(masks[i].sum()) for i in present}
+    for i in sorted(present, key=lambda i: (-areas[i], i)):  # largest first, smaller ones paint over
+        owner[masks[i]] = i
+    return [None if m is None else (owner == i) for i, m in enumerate(masks)]
