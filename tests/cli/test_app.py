@@ -10,11 +10,13 @@ from wsis_cli.cli.app import app
 def test_help_lists_the_verbs(runner):
     r = runner.invoke(app, ["--help"])
     assert r.exit_code == 0
-    for verb in ("budget", "select", "evaluate", "data"):
+    for verb in ("budget", "select", "evaluate", "data", "pseudolabel", "show"):
         assert verb in r.stdout
     r = runner.invoke(app, ["data", "--help"])
-    for verb in ("synth", "weaken", "voc", "subset"):
+    for verb in ("synth", "weaken", "voc", "subset", "merge"):
         assert verb in r.stdout
+    r = runner.invoke(app, ["pseudolabel", "--help"])
+    assert "grabcut" in r.stdout
 
 
 def test_help_does_not_import_heavy_modules():

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from wsis_cli import __version__
-from wsis_cli.cli import budget, data, evaluate, select
+from wsis_cli.cli import budget, data, evaluate, pseudolabel, select, show
 
 app = typer.Typer(
     name="wsis",
@@ -34,9 +34,11 @@ def root(
 
 
 app.add_typer(data.app, name="data")
+app.add_typer(pseudolabel.app, name="pseudolabel")
 app.command("budget")(budget.budget)
 app.command("select")(select.select)
 app.command("evaluate")(evaluate.evaluate)
+app.command("show")(show.show)
 
 
 def main() -> None:

@@ -157,3 +157,21 @@ def subset(
     write_output(out, sub.to_json(provenance("data subset", {"dataset": dataset, "ids": ids, "n": n,
                                                               "complement": complement}, seed)))
     info(f"{len(sub.images)} of {len(ds.images)} images, {len(sub.annotations)} annotations")
+
+
+@app.command("merge")
+@cli_errors
+def merge(
+    datasets: Annotated[list[str], typer.Argument(help="COCO datasets with one label set (e.g. shard outputs).")],
+    out: Out = "-",
+) -> None:
+    """Join datasets (e.g. `--shard K/N` outputs): ids kept, images and annotations by id,
+    an id with two different records is an error."""
+    from wsis_cli.coco import load_dataset, provenance
+    from wsis_cli.merge import merge_datasets
+
+    if sum(d == "-" for d in datasets) > 1:
+        raise typer.BadParameter("stdin ('-') can be read once", param_hint="DATASETS")
+    merged = merge_datasets([load_dataset(d) for d in datasets])
+    write_output(out, merged.to_json(provenance("data merge", {"datasets": datasets})))
+    info(f"{len(merged.images)} images, {len(merged.annotations)} annotations from {len(datasets)} files")

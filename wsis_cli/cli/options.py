@@ -9,3 +9,6 @@ import typer
 Seed = Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same output.")]
 Out = Annotated[str, typer.Option("--out", "-o", help="Output JSON file; '-' writes to stdout.")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout instead of a table.")]
+Workers = Annotated[int | None, typer.Option("--workers", min=1, help="Worker processes (default: one per core).")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue a killed run from OUT.resume.jsonl; the output is identical.")]
+Shard = Annotated[str | None, typer.Option("--shard", help="Process only slice K of N of the images (K/N, 1-based); join with `wsis data merge`.")]

@@ -10,14 +10,15 @@ box from ``(seed, annotation id)``, so a box gets the same mask in any order, pr
 
 Beyond the paper's recipe (each measured on COCO boxes, see benchmarks/RESULTS.md):
 ``init``: how the box is seeded (``rect``: the whole box probable foreground; ``ellipse``:
-the box corners outside the inscribed ellipse probable background), ``color`` (GrabCut's colour
+the box corners outside the inscribed ellipse probable background; ``core``: a central ellipse
+of a quarter of the box's half-axes sure foreground), ``color`` (GrabCut's colour
 space), ``cleanup`` (morphological clean-up, keep the component that best fills the box, fill
 holes) and ``max_side`` (large crops are downscaled before GrabCut, the mask upscaled after).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from wsis_cli.pseudo.fallback import FALLBACKS, fallback_mask
 
 __all__ = ["GrabCutConfig", "BoxResult", "grabcut_box", "segment_boxes", "resolve_overlaps", "box_seed"]
 
-INITS = ("rect", "ellipse")
+INITS = ("rect", "ellipse", "core")
 COLORS = ("rgb", "lab", "hsv")
 
 
@@ -37,12 +38,15 @@ class GrabCutConfig:
     margin: float = 0.2         # crop margin around the box, as a fraction of the box side
     min_margin: int = 8         # ... and at least this many pixels (where the image allows)
     valid_iou: float = 0.5      # a mask is valid when IoU(its bbox, the given box) >= this
+    min_fill: float = 0.0       # ... and it covers at least this fraction of the box
     fallback: str = "ellipse"   # ellipse | box | none: what replaces an invalid or empty mask
-    init: str = "rect"          # rect | ellipse: seeding of the box
+    init: str = "rect"          # rect | ellipse | core: seeding of the box
     color: str = "rgb"          # rgb | lab | hsv: the space GrabCut's colour models live in
     cleanup: bool = False       # open/close, keep the component that best fills the box, fill holes
     max_side: int = 0           # downscale crops whose longer side exceeds this (0: never)
     min_side: int = 4           # boxes narrower than this (px) skip GrabCut: too few pixels to model
+    retry_iou: float = 0.0      # if > 0: an invalid mask gets a second GrabCut seeded with a sure-
+                                # foreground core, kept when its bbox IoU reaches this (stricter) bar
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -144,6 +148,11 @@ def grabcut_box(image: np.ndarray, box, cfg: GrabCutConfig, seed: int) -> tuple[
         cy, cx, ry, rx = (b1 + b2) / 2, (a1 + a2) / 2, (b2 - b1) / 2, (a2 - a1) / 2
         corners = ((xx + 0.5 - cx) / rx) ** 2 + ((yy + 0.5 - cy) / ry) ** 2 > 1.0
         gc[b1:b2, a1:a2][corners] = cv2.GC_PR_BGD
+    elif cfg.init == "core" and min(b2 - b1, a2 - a1) >= 8:
+        yy, xx = np.mgrid[b1:b2, a1:a2]
+        cy, cx, ry, rx = (b1 + b2) / 2, (a1 + a2) / 2, (b2 - b1) / 2, (a2 - a1) / 2
+        core = ((xx + 0.5 - cx) / (0.25 * rx)) ** 2 + ((yy + 0.5 - cy) / (0.25 * ry)) ** 2 <= 1.0
+        gc[b1:b2, a1:a2][core] = cv2.GC_FGD
     bg = (gc == cv2.GC_BGD) | (gc == cv2.GC_PR_BGD)
     if bg.sum() < 16:  # the box fills the crop (e.g. the whole image): its rim stands for the background
         ring = max(1, round(0.05 * min(b2 - b1, a2 - a1)))
@@ -181,20 +190,31 @@ def segment_boxes(image: np.ndarray, boxes: np.ndarray, seeds: list[int], cfg: G
     applied, before overlap resolution."""
     h, w = image.shape[:2]
     out = []
+    retry = replace(cfg, init="core") if cfg.retry_iou > 0 and cfg.init != "core" else None
+    box_px = lambda b: max(1e-9, (b[2] - b[0]) * (b[3] - b[1]))  # noqa: E731
+
+    def attempt(box, c: GrabCutConfig, seed: int) -> tuple[np.ndarray | None, float]:
+        crop_mask, (r0, c0) = grabcut_box(image, box, c, seed)
+        if crop_mask is None:
+            return None, 0.0
+        full = np.zeros((h, w), dtype=bool)
+        full[r0:r0 + crop_mask.shape[0], c0:c0 + crop_mask.shape[1]] = crop_mask
+        iou = float(box_iou(mask_to_box(full)[None], np.asarray(box, dtype=np.float64)[None])[0, 0])
+        return (full if crop_mask.sum() >= c.min_fill * box_px(box) else None), iou
+
     for box, seed in zip(boxes, seeds):
-        crop_mask, (r0, c0) = grabcut_box(image, box, cfg, seed)
-        iou = 0.0
-        if crop_mask is not None:
-            full = np.zeros((h, w), dtype=bool)
-            full[r0:r0 + crop_mask.shape[0], c0:c0 + crop_mask.shape[1]] = crop_mask
-            iou = float(box_iou(mask_to_box(full)[None], np.asarray(box, dtype=np.float64)[None])[0, 0])
-            if iou >= cfg.valid_iou:
-                out.append(BoxResult(full, "grabcut", True, iou))
+        full, iou = attempt(box, cfg, seed)
+        if full is not None and iou >= cfg.valid_iou:
+            out.append(BoxResult(full, "grabcut", True, iou))
+            continue
+        if retry is not None:
+            full2, iou2 = attempt(box, retry, seed)
+            if full2 is not None and iou2 >= max(cfg.valid_iou, cfg.retry_iou):
+                out.append(BoxResult(full2, "grabcut", True, iou2))
                 continue
         fb = fallback_mask(cfg.fallback, box, h, w)
         if fb is None:  # --fallback none: keep GrabCut's invalid mask as it is (or nothing)
-            out.append(BoxResult(full if crop_mask is not None else None, "grabcut" if crop_mask is not None else "none",
-                                 False, iou))
+            out.append(BoxResult(full, "grabcut" if full is not None else "none", False, iou))
         else:
             out.append(BoxResult(fb, cfg.fallback, False, iou))
     return out

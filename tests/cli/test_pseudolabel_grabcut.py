@@ -1,0 +1,266 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import write
+from wsis_cli.cli.app import app
+from wsis_cli.coco import load_dataset, parse_dataset, rle_to_mask
+from wsis_cli.perimage import ResumeLog, fingerprint
+from wsis_cli.pseudo import box_masks
+from wsis_cli.synth import synthesize
+from wsis_cli.weaken import weaken
+
+
+@pytest.fixture(scope="module")
+def synth_boxes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    gt = synthesize(root, n=8, size=96, seed=2)
+    (root / "gt.json").write_text(json.dumps(gt))
+    (root / "box.json").write_text(json.dumps(weaken(parse_dataset(gt), "box").to_json()))
+    return root
+
+
+def run(runner, *args):
+    r = runner.invoke(app, ["pseudolabel", "grabcut", *map(str, args)])
+    return r
+
+
+def test_masks_for_every_box(runner, synth_boxes, tmp_path):
+    out = tmp_path / "pseudo.json"
+    r = run(runner, synth_boxes / "box.json", "--images", synth_boxes / "images", "--out", out, "--workers", 1)
+    assert r.exit_code == 0, r.output
+    ds = load_dataset(out)
+    gt = load_dataset(synth_boxes / "gt.json")
+    assert [a["id"] for a in ds.annotations] == [a["id"] for a in gt.annotations]
+    assert ds.levels()["full"] == len(gt.annotations)
+    ious = []
+    for im in ds.images:
+        masks = [rle_to_mask(a["segmentation"]) for a in ds.anns_by_image[im["id"]]]
+        assert np.stack(masks).sum(0).max() <= 1  # instance masks never overlap
+    for a, g in zip(ds.annotations, gt.annotations):
+        assert set(a["wsis"]) == {"method", "valid", "box_iou"}
+        assert a["wsis"]["method"] in ("grabcut", "ellipse") and a["wsis"]["valid"] == (a["wsis"]["method"] == "grabcut")
+        m, t = rle_to_mask(a["segmentation"]), rle_to_mask(g["segmentation"])
+        assert a["area"] == m.sum()
+        ious.append((m & t).sum() / (m | t).sum())
+    assert np.mean(ious) > 0.75  # textured shapes on texture: GrabCut does well
+    info = json.loads(out.read_text())["info"]["wsis"]
+    assert info["verb"] == "pseudolabel grabcut" and info["summary"]["masks"] == len(gt.annotations)
+    assert "masks;" in r.stderr and "invalid" in r.stderr
+    # the output is ready for evaluate
+    r = runner.invoke(app, ["evaluate", str(synth_boxes / "gt.json"), str(out), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["mAP"]["0.5"] > 0.7
+
+
+def test_pool_gives_the_same_output(runner, synth_boxes, tmp_path):
+    outs = []
+    for w in (1, 2):
+        out = tmp_path / f"w{w}.json"
+        assert run(runner, synth_boxes / "box.json", "--images", synth_boxes / "images", "--out", out,
+                   "--workers", w).exit_code == 0
+        outs.append(json.loads(out.read_text()))
+    for o in outs:
+        o["info"]["wsis"]["options"].pop("out", None)
+    assert outs[0]["annotations"] == outs[1]["annotations"]
+
+
+def test_shards_merge_to_the_whole(runner, synth_boxes, tmp_path):
+    whole = tmp_path / "whole.json"
+    assert run(runner, synth_boxes / "box.json", "--images", synth_boxes / "images", "--out", whole, "--workers", 1).exit_code == 0
+    parts = []
+    for k in (1, 2, 3):
+        p = tmp_path / f"part{k}.json"
+        r = run(runner, synth_boxes / "box.json", "--images", synth_boxes / "images", "--out", p, "--shard", f"{k}/3",
+                "--workers", 1)
+        assert r.exit_code == 0, r.output
+        parts.append(p)
+    sizes = [len(json.loads(p.read_text())["images"]) for p in parts]
+    assert sizes == [3, 3, 2]
+    merged = tmp_path / "merged.json"
+    r = runner.invoke(app, ["data", "merge", *map(str, parts), "--out", str(merged)])
+    assert r.exit_code == 0, r.output
+    a, b = json.loads(whole.read_text()), json.loads(merged.read_text())
+    assert a["images"] == b["images"] and a["annotations"] == b["annotations"]
+    r = run(runner, synth_boxes / "box.json", "--images", synth_boxes / "images", "--shard", "4/3")
+    assert r.exit_code == 1 and "1 <= K <= N" in r.stderr
+
+
+def test_merge_conflicts(runner, synth_boxes, tmp_path):
+    a = json.loads((synth_boxes / "box.json").read_text())
+    b = json.loads((synth_boxes / "box.json").read_text())
+    b["annotations"][0]["bbox"] = [0, 0, 5, 5]
+    pa, pb = write(tmp_path / "a.json", a), write(tmp_path / "b.json", b)
+    r = runner.invoke(app, ["data", "merge", str(pa), str(pb)])
+    aid, iid = a["annotations"][0]["id"], a["annotations"][0]["image_id"]
+    assert r.exit_code == 1
+    assert r.stderr.strip() == f"wsis: error: {pb}: annotation {aid} (image {iid}): differs from the record of the same id in {pa}"
+    b = json.loads((synth_boxes / "box.json").read_text())
+    b["categories"][0]["name"] = "blob"
+    r = runner.invoke(app, ["data", "merge", str(pa), str(write(tmp_path / "c.json", b))])
+    assert r.exit_code == 1 and "categories differ" in r.stderr
+    r = runner.invoke(app, ["data", "merge", str(pa), str(pa)])
+    assert r.exit_code == 0 and len(json.loads(r.stdout)["annotations"]) == len(a["annotations"])
+
+
+def degenerate_dataset(tmp_path, kind="rgb"):
+    """One 64x48 image with a red disc and every awkward box."""
+    img = np.full((48, 64, 3), (60, 120, 60), np.uint8)
+    cv2.circle(img, (32, 24), 12, (40, 40, 220), -1)  # BGR red
+    path = tmp_path / "images" / "im.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "grey":
+        cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_BGR2GRAY))
+    elif kind == "rgba":
+        cv2.imwrite(str(path), np.dstack([img, np.full((48, 64), 255, np.uint8)]))
+    elif kind == "16bit":
+        cv2.imwrite(str(path), img.astype(np.uint16) * 257)
+    else:
+        cv2.imwrite(str(path), img)
+    boxes = {1: [20, 12, 24, 24],    # the disc
+             2: [5, 5, 1, 1],        # 1 px
+             3: [40, 40, 2, 2],      # 2 px
+             4: [0, 0, 64, 48],      # the whole image
+             5: [50, 30, 30, 30],    # partly outside: clipped
+             6: [10, 10, 0, 8],      # zero width: skipped
+             7: [100, 100, 5, 5],    # wholly outside: skipped
+             8: [0, 20, 10, 28]}     # touching the border
+    ds = {"images": [{"id": 1, "file_name": "im.png", "width": 64, "height": 48}],
+          "annotations": [{"id": i, "image_id": 1, "category_id": 1, "bbox": b} for i, b in boxes.items()],
+          "categories": [{"id": 1, "name": "thing"}]}
+    return write(tmp_path / "boxes.json", ds), tmp_path / "images"
+
+
+def test_degenerate_boxes(runner, tmp_path):
+    boxes, images = degenerate_dataset(tmp_path)
+    out = tmp_path / "out.json"
+    r = run(runner, boxes, "--images", images, "--out", out, "--workers", 1)
+    assert r.exit_code == 0, r.output
+    err = r.stderr
+    assert f"{boxes}: annotation 5 (image 1): box [50, 30, 30, 30] extends outside the 64x48 image; clipped" in err
+    assert f"{boxes}: annotation 6 (image 1): box [10, 10, 0, 8] has no area inside the 64x48 image; skipped" in err
+    assert "annotation 7 (image 1)" in err and "2 boxes skipped" in err
+    ds = load_dataset(out)
+    by_id = {a["id"]: a for a in ds.annotations}
+    assert sorted(by_id) == [1, 2, 3, 4, 5, 8]
+    assert by_id[5]["bbox"] == [50.0, 30.0, 14.0, 18.0]
+    assert by_id[2]["wsis"]["method"] == "ellipse" and by_id[2]["area"] >= 1
+    assert by_id[1]["wsis"]["method"] == "grabcut"
+    masks = np.stack([rle_to_mask(a["segmentation"]) for a in ds.annotations])
+    assert masks.sum(0).max() == 1
+
+
+@pytest.mark.parametrize("kind", ["grey", "rgba", "16bit"])
+def test_image_formats(runner, tmp_path, kind):
+    boxes, images = degenerate_dataset(tmp_path, kind)
+    ref_boxes, ref_images = degenerate_dataset(tmp_path / "ref", "grey" if kind == "grey" else "rgb")
+    outs = []
+    for b, i, name in ((boxes, images, "a.json"), (ref_boxes, ref_images, "b.json")):
+        r = run(runner, b, "--images", i, "--out", tmp_path / name, "--workers", 1)
+        assert r.exit_code == 0, r.output
+        outs.append({a["id"]: a for a in json.loads((tmp_path / name).read_text())["annotations"]})
+    yy, xx = np.mgrid[0:48, 0:64]
+    disc = (xx - 32) ** 2 + (yy - 24) ** 2 <= 12 ** 2
+    m = rle_to_mask(outs[0][1]["segmentation"])
+    assert (m & disc).sum() / (m | disc).sum() > 0.85
+    assert outs[0][1]["segmentation"] == outs[1][1]["segmentation"]  # same as the 8-bit RGB picture
+
+
+def test_bad_inputs(runner, tmp_path, synth_boxes):
+    gt = json.loads((synth_boxes / "gt.json").read_text())
+    ilc = weaken(parse_dataset(gt), "ilc").to_json()
+    r = run(runner, write(tmp_path / "ilc.json", ilc), "--images", synth_boxes / "images")
+    a = ilc["annotations"][0]
+    assert r.exit_code == 1
+    assert r.stderr.strip().endswith(f"annotation {a['id']} (image {a['image_id']}): has no bbox; grabcut needs box labels")
+    box = json.loads((synth_boxes / "box.json").read_text())
+    box["images"][0]["width"] = 50
+    box["annotations"] = [a for a in box["annotations"] if a["image_id"] == box["images"][0]["id"]
+                          and a["bbox"][0] + a["bbox"][2] <= 50]
+    out = tmp_path / "o.json"
+    r = run(runner, write(tmp_path / "wrong.json", box), "--images", synth_boxes / "images", "--out", out, "--workers", 1)
+    assert r.exit_code == 1 and "is 96x96 but image 1 of the dataset says 50x96" in r.stderr
+    assert not out.exists()
+    r = run(runner, synth_boxes / "box.json", "--images", tmp_path / "nowhere")
+    assert r.exit_code == 2
+    r = run(runner, synth_boxes / "box.json", "--images", synth_boxes / "images", "--resume")
+    assert r.exit_code == 2 and "--out FILE" in r.output
+    r = run(runner, synth_boxes / "box.json", "--images", synth_boxes / "images", "--fallback", "blob")
+    assert r.exit_code == 2
+
+
+def test_resume_after_interruption_gives_identical_output(runner, synth_boxes, tmp_path, monkeypatch):
+    args = [synth_boxes / "box.json", "--images", synth_boxes / "images", "--workers", 1]
+    full = tmp_path / "full.json"
+    assert run(runner, *args, "--out", full).exit_code == 0
+
+    out = tmp_path / "resumed.json"
+    real = box_masks.grabcut_image
+    calls = []
+
+    def dies_after_three(job):
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the run is killed part-way
+        calls.append(job.image_id)
+        return real(job)
+
+    monkeypatch.setattr(box_masks, "grabcut_image", dies_after_three)
+    r = run(runner, *args, "--out", out)
+    assert r.exit_code != 0 and not out.exists()
+    side = Path(f"{out}.resume.jsonl")
+    assert len(side.read_text().splitlines()) == 1 + 3  # header + three finished images
+
+    calls.clear()
+    monkeypatch.setattr(box_masks, "grabcut_image", lambda job: (calls.append(job.image_id), real(job))[1])
+    r = run(runner, *args, "--out", out, "--resume")
+    assert r.exit_code == 0, r.output
+    assert len(calls) == 8 - 3  # finished images are not redone
+    assert not side.exists()
+    assert out.read_bytes() == full.read_bytes()  # byte for byte, provenance included
+
+
+def test_resume_refuses_another_runs_file(tmp_path):
+    log = ResumeLog(tmp_path / "x.resume.jsonl", fingerprint("v", {"a": 1}, []), resume=False)
+    log.append(1, {"ok": True})
+    log.close(remove=False)
+    with open(tmp_path / "x.resume.jsonl", "a") as fh:
+        fh.write('{"image_id": 2, "resu')  # cut short by a kill
+    again = ResumeLog(tmp_path / "x.resume.jsonl", fingerprint("v", {"a": 1}, []), resume=True)
+    assert again.done == {1: {"ok": True}}
+    again.close(remove=False)
+    assert (tmp_path / "x.resume.jsonl").read_text().endswith("}\n")  # the torn line is gone
+    from wsis_cli.errors import WsisError
+
+    with pytest.raises(WsisError, match="belongs to another run"):
+        ResumeLog(tmp_path / "x.resume.jsonl", fingerprint("v", {"a": 2}, []), resume=True)
+
+
+def test_killed_process_resumes(tmp_path):
+    """A real SIGKILL mid-run, then --resume: the same output as an uninterrupted run."""
+    root = tmp_path / "data"
+    gt = synthesize(root, n=24, size=192, seed=4)
+    (root / "box.json").write_text(json.dumps(weaken(parse_dataset(gt), "box").to_json()))
+    base = [sys.executable, "-m", "wsis_cli", "pseudolabel", "grabcut", str(root / "box.json"),
+            "--images", str(root / "images"), "--workers", "1", "--max-side", "0", "--iters", "8"]
+    full = tmp_path / "full.json"
+    subprocess.run(base + ["--out", str(full)], check=True, capture_output=True)
+    out = tmp_path / "out.json"
+    side = Path(f"{out}.resume.jsonl")
+    proc = subprocess.Popen(base + ["--out", str(out)], stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not side.exists() or len(side.read_text().splitlines()) < 4):
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists(), "the run finished before it could be killed"
+    done_before = len(side.read_text().splitlines()) - 1
+    assert 3 <= done_before < 24
+    subprocess.run(base + ["--out", str(out), "--resume"], check=True, capture_output=True)
+    assert out.read_bytes() == full.read_bytes()

@@ -1,0 +1,92 @@
+"""`wsis pseudolabel`: masks from weak labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wsis_cli.cli.io import cli_errors, info, progress_bar, warn, write_output
+from wsis_cli.cli.options import Out, Resume, Seed, Shard, Workers
+
+app = typer.Typer(help="Make instance masks (pseudo-labels) from weak labels.", no_args_is_help=True)
+
+
+@app.command("grabcut")
+@cli_errors
+def grabcut(
+    boxes: Annotated[str, typer.Argument(help="COCO dataset with box labels (any segmentation is ignored); '-' = stdin.")],
+    images: Annotated[Path, typer.Option("--images", help="Folder the dataset's file_name entries are relative to.")],
+    out: Out = "-",
+    iters: Annotated[int, typer.Option("--iters", min=1, help="GrabCut iterations.")] = 5,
+    valid_iou: Annotated[float, typer.Option("--valid-iou", min=0.0, max=1.0, help="A mask is valid when IoU(its bbox, the box) >= this.")] = 0.5,
+    fallback: Annotated[str, typer.Option("--fallback", help="What replaces an invalid mask: ellipse, box or none.")] = "ellipse",
+    margin: Annotated[float, typer.Option("--margin", min=0.0, help="Crop margin around each box, as a fraction of its side.")] = 0.2,
+    max_side: Annotated[int, typer.Option("--max-side", min=0, help="Downscale crops longer than this (px) before GrabCut; 0 = never.")] = 160,
+    cleanup: Annotated[bool, typer.Option("--cleanup/--no-cleanup", help="Morphological clean-up, keep the component that fills the box, fill holes.")] = True,
+    workers: Workers = None,
+    resume: Resume = False,
+    shard: Shard = None,
+    seed: Seed = 0,
+) -> None:
+    """GrabCut in every box; invalid masks (bbox IoU < --valid-iou) become the fallback ellipse.
+
+    Writes the dataset with a compressed-RLE mask, its area and
+    "wsis": {"method", "valid", "box_iou"} on every annotation. Pixels claimed by two instances
+    go to the smaller one.
+    """
+    from wsis_cli.coco import display_name, load_dataset, provenance
+    from wsis_cli.perimage import ResumeLog, default_workers, fingerprint, parse_shard, shard_images
+    from wsis_cli.pseudo.box_masks import pseudolabel_boxes
+    from wsis_cli.pseudo.fallback import FALLBACKS
+    from wsis_cli.pseudo.grabcut import GrabCutConfig
+
+    if fallback not in FALLBACKS:
+        raise typer.BadParameter(f"must be one of {', '.join(FALLBACKS)}", param_hint="--fallback")
+    if resume and out == "-":
+        raise typer.BadParameter("--resume keeps its progress next to the output: give --out FILE", param_hint="--resume")
+    if not images.is_dir():
+        raise typer.BadParameter(f"{images} is not a folder", param_hint="--images")
+    cfg = GrabCutConfig(iters=iters, valid_iou=valid_iou, fallback=fallback, margin=margin, max_side=max_side,
+                        cleanup=cleanup, seed=seed)
+    part = parse_shard(shard)
+    ds = load_dataset(boxes)
+    todo = shard_images(ds.images, part)
+    options = {"boxes": display_name(boxes), "images": str(images), "shard": shard, **cfg.to_dict()}
+    log = None
+    if out != "-":
+        run_id = fingerprint("pseudolabel grabcut", {k: v for k, v in options.items() if k != "boxes"},
+                             [todo, [a for im in todo for a in ds.anns_by_image[im["id"]]]])
+        log = ResumeLog(f"{out}.resume.jsonl", run_id, resume=resume)
+        if resume and log.done:
+            info(f"resuming: {len(log.done)} of {len(todo)} images already done")
+    n_workers = workers or default_workers()
+    try:
+        with progress_bar("grabcut") as progress:
+            result, summary = pseudolabel_boxes(ds, todo, images, cfg, workers=n_workers, log=log,
+                                                progress=progress, warn=warn)
+        prov = provenance("pseudolabel grabcut", options, seed)
+        prov["summary"] = summary.to_dict()
+        write_output(out, result.to_json(prov))
+    except BaseException:
+        if log:
+            log.close(remove=False)  # keep the finished images for --resume
+        raise
+    if log:
+        log.close(remove=True)
+    _print_summary(summary)
+
+
+def _print_summary(s) -> None:
+    parts = [f"{s.masks} masks"]
+    for size, label in (("small", "small boxes (< 64x64 px)"), ("large", "large boxes")):
+        b = s.by_size[size]
+        if b["boxes"]:
+            parts.append(f"{label}: {b['invalid']}/{b['boxes']} invalid ({100 * b['invalid'] / b['boxes']:.0f}%)")
+    parts.append("methods: " + ", ".join(f"{k} {v}" for k, v in sorted(s.methods.items())))
+    if s.skipped:
+        parts.append(f"{s.skipped} boxes skipped (no area)")
+    if s.empty:
+        parts.append(f"{s.empty} masks empty")
+    info("; ".join(parts))

@@ -1,0 +1,54 @@
+"""`wsis show`: PNG overlays of a dataset's labels and a contact sheet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wsis_cli.cli.io import cli_errors, info, progress_bar
+
+
+@cli_errors
+def show(
+    dataset: Annotated[str, typer.Argument(help="COCO dataset (any supervision level); '-' = stdin.")],
+    images: Annotated[Path, typer.Option("--images", help="Folder the dataset's file_name entries are relative to.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for <image id>.png overlays and contact_sheet.png.")],
+    ids: Annotated[str | None, typer.Option("--ids", help="Only these image ids: comma-separated, or a file (as for `data subset --ids`).")] = None,
+    max_images: Annotated[int, typer.Option("--max", min=1, help="At most this many images.")] = 50,
+) -> None:
+    """Draw masks (per-instance colours), boxes and class names on the images; fallback
+    (invalid GrabCut) masks are hatched with dashed outlines. Writes one PNG per image and
+    contact_sheet.png."""
+    from wsis_cli.cli.data import read_ids
+    from wsis_cli.coco import load_dataset
+    from wsis_cli.errors import InputError
+    from wsis_cli.images import read_image, write_image
+    from wsis_cli.show import contact_sheet, is_fallback, render_overlay
+
+    if str(out) == "-":
+        raise typer.BadParameter("show writes PNG files into a folder", param_hint="--out")
+    ds = load_dataset(dataset)
+    if ids is not None:
+        wanted = [int(v) for v in ids.split(",")] if all(p.strip().lstrip("-").isdigit() for p in ids.split(",")) \
+            else read_ids(ids)
+        unknown = [i for i in wanted if i not in ds.image_by_id]
+        if unknown:
+            raise InputError(ds.path, f"has no image {unknown[0]} (asked for by --ids)")
+        chosen = [ds.image_by_id[i] for i in dict.fromkeys(wanted)]
+    else:
+        chosen = ds.images
+    chosen = chosen[:max_images]
+    out.mkdir(parents=True, exist_ok=True)
+    tiles, n_fallback = [], 0
+    with progress_bar("drawing") as progress:
+        for k, im in enumerate(chosen, start=1):
+            anns = ds.anns_by_image[im["id"]]
+            n_fallback += sum(is_fallback(a) for a in anns)
+            pic = render_overlay(read_image(images / im["file_name"]), anns, ds.category_by_id)
+            write_image(out / f"{im['id']}.png", pic)
+            tiles.append((f"{im['id']}: {len(anns)}", pic))
+            progress(k, len(chosen))
+    write_image(out / "contact_sheet.png", contact_sheet(tiles))
+    info(f"wrote {len(chosen)} overlays and contact_sheet.png to {out}/ ({n_fallback} fallback masks drawn hatched)")

@@ -1,0 +1,50 @@
+"""Join COCO datasets that share one label set, e.g. the shard outputs of a per-image verb.
+
+Categories must agree. An image or annotation id present in several inputs must be the same
+record in each (then it is kept once); a different record under the same id is a conflict.
+The output lists images and annotations by id, so merging the shards of a run gives the
+records of the unsharded run in id order.
+"""
+
+from __future__ import annotations
+
+import json
+
+from wsis_cli.coco import Dataset
+from wsis_cli.errors import InputError, WsisError
+
+__all__ = ["merge_datasets"]
+
+
+def _same(a: dict, b: dict) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def merge_datasets(datasets: list[Dataset]) -> Dataset:
+    if not datasets:
+        raise WsisError("nothing to merge")
+    first = datasets[0]
+    cats = {c["id"]: c for c in first.categories}
+    images: dict[int, tuple[dict, str]] = {}
+    anns: dict[int, tuple[dict, str]] = {}
+    for ds in datasets:
+        mine = {c["id"]: c for c in ds.categories}
+        if mine.keys() != cats.keys() or any(mine[k]["name"] != cats[k]["name"] for k in cats):
+            raise InputError(ds.path, f"its categories differ from those of {first.path}; only datasets with "
+                                      "one label set can be merged")
+        for im in ds.images:
+            seen = images.get(im["id"])
+            if seen is None:
+                images[im["id"]] = (im, ds.path)
+            elif not _same(seen[0], im):
+                raise InputError(ds.path, f"differs from the record of the same id in {seen[1]}", f"image {im['id']}")
+        for a in ds.annotations:
+            seen = anns.get(a["id"])
+            if seen is None:
+                anns[a["id"]] = (a, ds.path)
+            elif not _same(seen[0], a):
+                raise InputError(ds.path, f"differs from the record of the same id in {seen[1]}",
+                                 f"annotation {a['id']} (image {a['image_id']})")
+    return Dataset(images=[images[k][0] for k in sorted(images)], annotations=[anns[k][0] for k in sorted(anns)],
+                   categories=first.categories, info={k: v for k, v in first.info.items() if k != "wsis"},
+                   licenses=first.licenses, path="<merged>")

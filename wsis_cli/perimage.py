@@ -1,0 +1,170 @@
+"""Running a job image by image: shards, a process pool, and resumable progress.
+
+Every per-image verb (``pseudolabel grabcut`` first) uses the same three pieces:
+
+- :func:`shard_images`: ``--shard K/N`` keeps the K-th of N deterministic slices of the images
+  (1-based; images ordered by id, image ``i`` of that order goes to slice ``i mod N``), so a
+  pool of millions can run as a SLURM array; ``wsis data merge`` joins the outputs.
+- :class:`ResumeLog`: a side file next to the output, ``OUT.resume.jsonl``: a header line
+  with the run's fingerprint (verb, options, input), then one line per finished image. With
+  ``--resume`` a restarted run skips the images already there; the output is assembled in the
+  dataset's order, so it is identical to an uninterrupted run's.
+- :func:`run_images`: maps a top-level function over the images, in a pool of ``workers``
+  processes (in-process for 1), logging each result as it arrives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from wsis_cli.errors import WsisError
+
+__all__ = ["parse_shard", "shard_images", "fingerprint", "ResumeLog", "run_images", "default_workers"]
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"K/N"`` -> ``(K, N)`` with ``1 <= K <= N``; None for None."""
+    if text is None:
+        return None
+    try:
+        k, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise WsisError(f"--shard must look like K/N (e.g. 3/8), got {text!r}") from None
+    if not 1 <= k <= n:
+        raise WsisError(f"--shard K/N needs 1 <= K <= N, got {text!r}")
+    return k, n
+
+
+def shard_images(images: list[dict], shard: tuple[int, int] | None) -> list[dict]:
+    """The images of slice K of N (all of them for None), in their original order."""
+    if shard is None:
+        return list(images)
+    k, n = shard
+    order = sorted(range(len(images)), key=lambda i: images[i]["id"])
+    keep = set(order[k - 1::n])
+    return [im for i, im in enumerate(images) if i in keep]
+
+
+def fingerprint(verb: str, options: dict, payload: Any) -> str:
+    """A digest of what determines a run's output, so a resume never mixes two runs."""
+    h = hashlib.sha256()
+    h.update(json.dumps([verb, options], sort_keys=True, default=str).encode())
+    h.update(json.dumps(payload, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+class ResumeLog:
+    """Finished images of a run, one JSON line each, after a header with the run's fingerprint."""
+
+    def __init__(self, path: str | os.PathLike, run_id: str, *, resume: bool):
+        self.path = Path(path)
+        self.run_id = run_id
+        self.done: dict[int, Any] = {}
+        good_bytes = 0
+        if resume and self.path.is_file():
+            with open(self.path, "rb") as fh:
+                lines = fh.read().split(b"\n")
+            try:
+                header = json.loads(lines[0])
+            except (json.JSONDecodeError, IndexError):
+                header = None
+            if not isinstance(header, dict) or header.get("run") != run_id:
+                raise WsisError(f"{self.path}: this resume file belongs to another run (other input or "
+                                "options); delete it, or run without --resume")
+            good_bytes = len(lines[0]) + 1
+            for line in lines[1:]:
+                try:
+                    rec = json.loads(line)
+                    self.done[int(rec["image_id"])] = rec["result"]
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                    break  # a line cut short when the run was killed: redo that image
+                good_bytes += len(line) + 1
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if good_bytes:
+            with open(self.path, "r+b") as fh:
+                fh.truncate(good_bytes)
+            self._fh = open(self.path, "a", encoding="utf-8")
+        else:
+            self._fh = open(self.path, "w", encoding="utf-8")
+            self._fh.write(json.dumps({"run": run_id}) + "\n")
+            self._fh.flush()
+
+    def append(self, image_id: int, result: Any) -> None:
+        self._fh.write(json.dumps({"image_id": image_id, "result": result}) + "\n")
+        self._fh.flush()
+        self.done[image_id] = result
+
+    def close(self, *, remove: bool) -> None:
+        self._fh.close()
+        if remove:
+            self.path.unlink(missing_ok=True)
+
+
+def _worker_init() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core already
+
+
+def run_images(fn: Callable[[Any], Any], tasks: Iterable[tuple[int, Any]], *, workers: int = 1,
+               log: ResumeLog | None = None, progress: Callable[[int, int], None] | None = None,
+               total: int | None = None) -> dict[int, Any]:
+    """``{image_id: fn(payload)}`` over ``tasks`` = ``(image_id, payload)``, skipping the
+    images ``log`` already holds. ``fn`` must be a top-level function (it is pickled)."""
+    results: dict[int, Any] = dict(log.done) if log else {}
+    todo = [(i, p) for i, p in tasks if i not in results]
+    n_total = (total if total is not None else len(todo) + len(results))
+    done = len(results)
+    if progress:
+        progress(done, n_total)
+
+    def record(image_id: int, result: Any) -> None:
+        nonlocal done
+        results[image_id] = result
+        if log:
+            log.append(image_id, result)
+        done += 1
+        if progress:
+            progress(done, n_total)
+
+    if workers <= 1 or len(todo) <= 1:
+        for image_id, payload in todo:
+            record(image_id, fn(payload))
+        return results
+
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # no fork of a process holding locks (progress thread, BLAS)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as ex:
+        pending: dict[Any, int] = {}
+        it = iter(todo)
+        window = 4 * workers  # bounded: millions of images never become millions of futures
+        try:
+            while True:
+                while len(pending) < window:
+                    nxt = next(it, None)
+                    if nxt is None:
+                        break
+                    pending[ex.submit(fn, nxt[1])] = nxt[0]
+                if not pending:
+                    break
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    record(pending.pop(fut), fut.result())
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+    return results
