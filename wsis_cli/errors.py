@@ -22,3 +22,6 @@ class InputError(WsisError):
         self.problem = problem
         where = f"{self.path}: {record}" if record else self.path
         super().__init__(f"{where}: {problem}")
+
+    def __reduce__(self):  # so an error raised in a worker process arrives whole
+        return (type(self), (self.path, self.problem, self.record))

@@ -107,3 +107,29 @@ def test_config_checks():
     for kw in ({"iters": 0}, {"valid_iou": 1.5}, {"margin": -1}, {"fallback": "blob"}, {"init": "x"}, {"color": "x"}):
         with pytest.raises(WsisError):
             GrabCutConfig(**kw)
+
+
+def test_core_seeded_retry_only_replaces_invalid_masks_with_good_ones(tmp_path):
+    from wsis_cli.boxes import xywh_to_xyxy
+    from wsis_cli.images import read_image
+    from wsis_cli.synth import synthesize
+
+    ds = synthesize(tmp_path, n=10, size=128, seed=7)
+    plain, retried = [], []
+    for im in ds["images"]:
+        anns = [a for a in ds["annotations"] if a["image_id"] == im["id"]]
+        img = read_image(tmp_path / "images" / im["file_name"])
+        boxes = xywh_to_xyxy([a["bbox"] for a in anns])
+        seeds = [box_seed(0, a["id"]) for a in anns]
+        plain += segment_boxes(img, boxes, seeds, GrabCutConfig(min_margin=2))
+        retried += segment_boxes(img, boxes, seeds, GrabCutConfig(min_margin=2, retry_iou=0.7))
+    rescued = 0
+    for p, r in zip(plain, retried):
+        if p.valid:  # a valid first mask is kept as it is
+            assert r.valid and np.array_equal(p.mask, r.mask)
+        elif r.valid:  # a retry replaces an invalid mask only when it clears the stricter bar
+            assert r.method == "grabcut" and r.box_iou >= 0.7
+            rescued += 1
+        else:
+            assert r.method == "ellipse" and np.array_equal(p.mask, r.mask)
+    assert rescued >= 1

@@ -12,6 +12,8 @@ from wsis_cli.cli.options import Out, Resume, Seed, Shard, Workers
 
 app = typer.Typer(help="Make instance masks (pseudo-labels) from weak labels.", no_args_is_help=True)
 
+RETRY_IOU = 0.7  # the bar a core-seeded second GrabCut must clear (measured: benchmarks/RESULTS.md)
+
 
 @app.command("grabcut")
 @cli_errors
@@ -25,6 +27,7 @@ def grabcut(
     margin: Annotated[float, typer.Option("--margin", min=0.0, help="Crop margin around each box, as a fraction of its side.")] = 0.2,
     max_side: Annotated[int, typer.Option("--max-side", min=0, help="Downscale crops longer than this (px) before GrabCut; 0 = never.")] = 160,
     cleanup: Annotated[bool, typer.Option("--cleanup/--no-cleanup", help="Morphological clean-up, keep the component that fills the box, fill holes.")] = True,
+    retry: Annotated[bool, typer.Option("--retry/--no-retry", help="Give an invalid mask a second GrabCut seeded with a sure-foreground core; keep it if its bbox IoU >= 0.7.")] = True,
     workers: Workers = None,
     resume: Resume = False,
     shard: Shard = None,
@@ -49,7 +52,7 @@ def grabcut(
     if not images.is_dir():
         raise typer.BadParameter(f"{images} is not a folder", param_hint="--images")
     cfg = GrabCutConfig(iters=iters, valid_iou=valid_iou, fallback=fallback, margin=margin, max_side=max_side,
-                        cleanup=cleanup, seed=seed)
+                        cleanup=cleanup, retry_iou=RETRY_IOU if retry else 0.0, seed=seed)
     part = parse_shard(shard)
     ds = load_dataset(boxes)
     todo = shard_images(ds.images, part)

@@ -118,11 +118,10 @@ def pseudolabel_boxes(ds: Dataset, images: list[dict], images_dir: str | Path, c
         if a["image_id"] not in keep or a["id"] in skipped:
             continue
         made = results[a["image_id"]]["anns"][str(a["id"])]
-        job_box = None
         out = {k: v for k, v in a.items() if k not in ("segmentation", "area", "wsis")}
         im = ds.image_by_id[a["image_id"]]
-        job_box = np.clip(xywh_to_xyxy(a["bbox"])[0], 0, [im["width"], im["height"]] * 2)
-        out["bbox"] = [round(float(v), 4) for v in xyxy_to_xywh(job_box[None])[0]]
+        clipped = np.clip(xywh_to_xyxy(a["bbox"])[0], 0, [im["width"], im["height"]] * 2)
+        out["bbox"] = [round(float(v), 4) for v in xyxy_to_xywh(clipped[None])[0]]
         out.update(segmentation=made["segmentation"], area=made["area"], wsis=made["wsis"])
         annotations.append(out)
         size = "small" if out["bbox"][2] * out["bbox"][3] < SMALL_AREA else "large"
