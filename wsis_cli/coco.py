@@ -35,6 +35,7 @@ __all__ = [
     "SUPERVISION_LEVELS",
     "Dataset",
     "read_json",
+    "read_bytes",
     "write_json",
     "load_dataset",
     "parse_dataset",
@@ -57,20 +58,29 @@ SUPERVISION_LEVELS = ("full", "box", "ilc", "il")
 
 
 # ----------------------------------------------------------------------------- JSON files
-def read_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file (``-`` reads stdin); faults become :class:`InputError`."""
+def read_bytes(path: str | os.PathLike, *, what: str = "a JSON file") -> bytes:
+    """The bytes of an input file (``-``: stdin); a missing or unreadable one is an
+    :class:`InputError` naming it."""
     name = display_name(path)
     try:
         if name == STDIN_NAME:
-            return json.load(sys.stdin)
+            return sys.stdin.buffer.read()
         with open(name, "rb") as fh:
-            return json.load(fh)
+            return fh.read()
     except FileNotFoundError:
         raise InputError(name, "no such file") from None
     except IsADirectoryError:
-        raise InputError(name, "is a directory, expected a JSON file") from None
+        raise InputError(name, f"is a directory, expected {what}") from None
     except PermissionError:
         raise InputError(name, "permission denied") from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file (``-`` reads stdin); faults become :class:`InputError`."""
+    name = display_name(path)
+    raw = read_bytes(path)
+    try:
+        return json.loads(raw)
     except json.JSONDecodeError as e:
         raise InputError(name, f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except UnicodeDecodeError:

@@ -181,12 +181,28 @@ def test_cli_errors(runner, tmp_path, two_images):
 
 
 # ------------------------------------------------------------------------------- real data
+def pycocotools_stats(gt_file, preds):
+    """Bare pycocotools on the same files: COCOeval.stats (AP, AP50, AP75, ...) and the GT COCO."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        cg = COCO(str(gt_file))
+        ev = COCOeval(cg, cg.loadRes(copy.deepcopy(preds)), "segm")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev.stats, cg
+
+
 @pytest.mark.shared
 def test_matches_pycocotools_on_coco_mini(coco_mini):
     import contextlib
     import io
 
-    from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     gt = load_dataset(coco_mini / "instances_val.json")
@@ -194,15 +210,10 @@ def test_matches_pycocotools_on_coco_mini(coco_mini):
     preds = perturbed_predictions(gt)
     ours = evaluate(gt, preds, iou_thrs=[0.5, 0.75], per_class=True)
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        cg = COCO(str(coco_mini / "instances_val.json"))
-        ev = COCOeval(cg, cg.loadRes(copy.deepcopy(preds)), "segm")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    assert ours["AP"] == pytest.approx(ev.stats[0], abs=1e-12)
-    assert ours["mAP"]["0.5"] == pytest.approx(ev.stats[1], abs=1e-12)
-    assert ours["mAP"]["0.75"] == pytest.approx(ev.stats[2], abs=1e-12)
+    stats, cg = pycocotools_stats(coco_mini / "instances_val.json", preds)
+    assert ours["AP"] == pytest.approx(stats[0], abs=1e-12)
+    assert ours["mAP"]["0.5"] == pytest.approx(stats[1], abs=1e-12)
+    assert ours["mAP"]["0.75"] == pytest.approx(stats[2], abs=1e-12)
     assert 0.2 < ours["AP"] < 0.9  # the perturbation must leave something to measure
 
     # AP_S / AP_L: the same COCOeval with the 64x64 split as its area ranges
@@ -233,11 +244,7 @@ def test_matches_pycocotools_on_coco_mini(coco_mini):
 
 def test_matches_pycocotools_on_synthetic_data(tmp_path):
     """The same cross-check as on COCO, on data the test makes, so it runs everywhere."""
-    import contextlib
-    import io
 
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
     from wsis_cli.synth import synthesize
 
@@ -245,13 +252,8 @@ def test_matches_pycocotools_on_synthetic_data(tmp_path):
     gt = load_dataset(tmp_path / "gt.json")
     preds = perturbed_predictions(gt, seed=1, max_kernel=3)
     ours = evaluate(gt, preds, iou_thrs=[0.5, 0.75])
-    with contextlib.redirect_stdout(io.StringIO()):
-        cg = COCO(str(tmp_path / "gt.json"))
-        ev = COCOeval(cg, cg.loadRes(copy.deepcopy(preds)), "segm")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
+    stats, _ = pycocotools_stats(tmp_path / "gt.json", preds)
     assert 0.1 < ours["AP"] < 0.95
-    assert ours["AP"] == pytest.approx(ev.stats[0], abs=1e-12)
-    assert ours["mAP"]["0.5"] == pytest.approx(ev.stats[1], abs=1e-12)
-    assert ours["mAP"]["0.75"] == pytest.approx(ev.stats[2], abs=1e-12)
+    assert ours["AP"] == pytest.approx(stats[0], abs=1e-12)
+    assert ours["mAP"]["0.5"] == pytest.approx(stats[1], abs=1e-12)
+    assert ours["mAP"]["0.75"] == pytest.approx(stats[2], abs=1e-12)

@@ -77,19 +77,13 @@ def read_ids(path: str) -> list[int]:
     or 'images' (a dataset), or plain text with one id per line (commas and spaces also separate).
     An empty or unreadable list is an error, never an empty subset."""
     import json
-    import sys
 
-    from wsis_cli.coco import display_name
+    from wsis_cli.coco import display_name, read_bytes
     from wsis_cli.errors import InputError
 
     name = display_name(path)
     try:
-        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
-        text = raw.decode("utf-8")
-    except FileNotFoundError:
-        raise InputError(name, "no such file") from None
-    except IsADirectoryError:
-        raise InputError(name, "is a directory, expected a file of image ids") from None
+        text = read_bytes(path, what="a file of image ids").decode("utf-8")
     except UnicodeDecodeError:
         raise InputError(name, "not a text or JSON file of image ids") from None
     try:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from wsis_cli.cli.io import cli_errors, info, progress_bar, warn, write_output
-from wsis_cli.cli.options import Out, Resume, Seed, Shard, Workers
+from wsis_cli.cli.options import ImagesDir, Out, Resume, Seed, Shard, Workers
 
 app = typer.Typer(help="Make instance masks (pseudo-labels) from weak labels.", no_args_is_help=True)
 
@@ -19,7 +18,7 @@ RETRY_IOU = 0.7  # the bar a core-seeded second GrabCut must clear (measured: be
 @cli_errors
 def grabcut(
     boxes: Annotated[str, typer.Argument(help="COCO dataset with box labels (any segmentation is ignored); '-' = stdin.")],
-    images: Annotated[Path, typer.Option("--images", help="Folder the dataset's file_name entries are relative to.")],
+    images: ImagesDir,
     out: Out = "-",
     iters: Annotated[int, typer.Option("--iters", min=1, help="GrabCut iterations.")] = 5,
     valid_iou: Annotated[float, typer.Option("--valid-iou", min=0.0, max=1.0, help="A mask is valid when IoU(its bbox, the box) >= this.")] = 0.5,

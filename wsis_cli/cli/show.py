@@ -8,12 +8,13 @@ from typing import Annotated
 import typer
 
 from wsis_cli.cli.io import cli_errors, info, progress_bar
+from wsis_cli.cli.options import ImagesDir
 
 
 @cli_errors
 def show(
     dataset: Annotated[str, typer.Argument(help="COCO dataset (any supervision level); '-' = stdin.")],
-    images: Annotated[Path, typer.Option("--images", help="Folder the dataset's file_name entries are relative to.")],
+    images: ImagesDir,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for <image id>.png overlays and contact_sheet.png.")],
     ids: Annotated[str | None, typer.Option("--ids", help="Only these image ids: comma-separated, or a file (as for `data subset --ids`).")] = None,
     max_images: Annotated[int, typer.Option("--max", min=1, help="At most this many images.")] = 50,
