@@ -84,7 +84,7 @@ class ResumeLog:
                 raise WsisError(f"{self.path}: this resume file belongs to another run (other input or "
                                 "options); delete it, or run without --resume")
             good_bytes = len(lines[0]) + 1
-            for line in lines[1:]:
+            for line in lines[1:-1]:  # only lines that reached their newline; the rest was cut short
                 try:
                     rec = json.loads(line)
                     self.done[int(rec["image_id"])] = rec["result"]
@@ -116,6 +116,21 @@ def _worker_init() -> None:
     import cv2
 
     cv2.setNumThreads(1)  # one process per core already
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this worker when its parent dies (killed, crashed), so a pool never
+    outlives the run; elsewhere a no-op."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
 
 
 def run_images(fn: Callable[[Any], Any], tasks: Iterable[tuple[int, Any]], *, workers: int = 1,
@@ -147,24 +162,28 @@ def run_images(fn: Callable[[Any], Any], tasks: Iterable[tuple[int, Any]], *, wo
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")  # no fork of a process holding locks (progress thread, BLAS)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as ex:
-        pending: dict[Any, int] = {}
-        it = iter(todo)
-        window = 4 * workers  # bounded: millions of images never become millions of futures
-        try:
-            while True:
-                while len(pending) < window:
-                    nxt = next(it, None)
-                    if nxt is None:
-                        break
-                    pending[ex.submit(fn, nxt[1])] = nxt[0]
-                if not pending:
+    ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
+    pending: dict[Any, int] = {}
+    it = iter(todo)
+    window = 4 * workers  # bounded: millions of images never become millions of futures
+    try:
+        while True:
+            while len(pending) < window:
+                nxt = next(it, None)
+                if nxt is None:
                     break
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    record(pending.pop(fut), fut.result())
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
+                pending[ex.submit(fn, nxt[1])] = nxt[0]
+            if not pending:
+                break
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                record(pending.pop(fut), fut.result())
+    except BaseException:
+        # an error or an interrupt: drop the queue and stop the workers now, not after their task
+        procs = list((getattr(ex, "_processes", None) or {}).values())
+        ex.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            proc.terminate()
+        raise
+    ex.shutdown(wait=True)
     return results

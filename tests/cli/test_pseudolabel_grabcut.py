@@ -89,8 +89,77 @@ def test_shards_merge_to_the_whole(runner, synth_boxes, tmp_path):
     assert r.exit_code == 0, r.output
     a, b = json.loads(whole.read_text()), json.loads(merged.read_text())
     assert a["images"] == b["images"] and a["annotations"] == b["annotations"]
-    r = run(runner, synth_boxes / "box.json", "--images", synth_boxes / "images", "--shard", "4/3")
-    assert r.exit_code == 1 and "1 <= K <= N" in r.stderr
+    for bad in ("4/3", "a/b", "0/2"):
+        r = run(runner, synth_boxes / "box.json", "--images", synth_boxes / "images", "--shard", bad)
+        assert r.exit_code == 2, (bad, r.output)
+
+
+def test_shards_follow_id_rank_and_merge_by_id(runner, synth_boxes, tmp_path):
+    ds = json.loads((synth_boxes / "box.json").read_text())
+    new_id = {im["id"]: nid for im, nid in zip(ds["images"], [50, 3, 77, 12, 5, 90, 41, 8])}
+    for im in ds["images"]:
+        im["id"] = new_id[im["id"]]
+    for a in ds["annotations"]:
+        a["image_id"] = new_id[a["image_id"]]
+    ds["images"].reverse()  # listed in no particular order
+    boxes = write(tmp_path / "shuffled.json", ds)
+    whole = tmp_path / "whole.json"
+    assert run(runner, boxes, "--images", synth_boxes / "images", "--out", whole, "--workers", 1).exit_code == 0
+    parts = []
+    for k in (1, 2, 3):
+        p = tmp_path / f"p{k}.json"
+        assert run(runner, boxes, "--images", synth_boxes / "images", "--out", p, "--shard", f"{k}/3",
+                   "--workers", 1).exit_code == 0
+        parts.append(p)
+    ranked = sorted(new_id.values())  # 3 5 8 12 41 50 77 90
+    assert sorted(im["id"] for im in json.loads(parts[0].read_text())["images"]) == ranked[0::3]
+    r = runner.invoke(app, ["data", "merge", *map(str, parts)])
+    merged, w = json.loads(r.stdout), json.loads(whole.read_text())
+    assert [im["id"] for im in merged["images"]] == ranked
+    key = lambda recs: sorted(json.dumps(x, sort_keys=True) for x in recs)  # noqa: E731
+    assert key(merged["images"]) == key(w["images"]) and key(merged["annotations"]) == key(w["annotations"])
+    assert [x["options"]["shard"] for x in merged["info"]["wsis"]["inputs"]] == ["1/3", "2/3", "3/3"]
+
+
+def test_annotation_order_does_not_matter(runner, synth_boxes, tmp_path):
+    ds = json.loads((synth_boxes / "box.json").read_text())
+    ds["annotations"].reverse()
+    a_out, b_out = tmp_path / "a.json", tmp_path / "b.json"
+    assert run(runner, synth_boxes / "box.json", "--images", synth_boxes / "images", "--out", a_out,
+               "--workers", 1).exit_code == 0
+    assert run(runner, write(tmp_path / "rev.json", ds), "--images", synth_boxes / "images", "--out", b_out,
+               "--workers", 1).exit_code == 0
+    a = {x["id"]: x for x in json.loads(a_out.read_text())["annotations"]}
+    b = {x["id"]: x for x in json.loads(b_out.read_text())["annotations"]}
+    assert a == b
+
+
+def test_duplicate_boxes_leave_one_empty_invalid_mask(runner, tmp_path):
+    boxes, images = degenerate_dataset(tmp_path)
+    ds = json.loads(boxes.read_text())
+    ds["annotations"] = [{"id": i, "image_id": 1, "category_id": 1, "bbox": [20, 12, 24, 24]} for i in (1, 2)]
+    r = run(runner, write(tmp_path / "dup.json", ds), "--images", images, "--out", tmp_path / "o.json", "--workers", 1)
+    assert r.exit_code == 0, r.output
+    out = {a["id"]: a for a in json.loads((tmp_path / "o.json").read_text())["annotations"]}
+    assert out[2]["area"] > 0 and out[2]["wsis"]["valid"]  # equal sizes: the larger id keeps the pixels
+    assert out[1]["area"] == 0 and out[1]["wsis"]["method"] == "none" and not out[1]["wsis"]["valid"]
+    assert "annotation 1 (image 1): its mask lost every pixel" in r.stderr
+
+
+def test_output_and_log_checks_come_first(runner, synth_boxes, tmp_path):
+    args = [synth_boxes / "box.json", "--images", synth_boxes / "images", "--workers", 1]
+    r = run(runner, *args, "--out", tmp_path)
+    assert r.exit_code == 2 and "is a folder" in r.output
+    assert not list(tmp_path.glob("*.resume.jsonl"))
+    out = tmp_path / "o.json"
+    Path(f"{out}.resume.jsonl").write_text('{"run": "x"}\n')
+    r = run(runner, *args, "--out", out)
+    assert r.exit_code == 1 and "holds an interrupted run: add --resume" in r.stderr
+    assert Path(f"{out}.resume.jsonl").read_text() == '{"run": "x"}\n'  # untouched
+    r = run(runner, *args, "--out", "/dev/null")
+    assert r.exit_code == 0 and not Path("/dev/null.resume.jsonl").exists()
+    r = run(runner, *args, "--out", "/dev/null", "--resume")
+    assert r.exit_code == 2
 
 
 def test_merge_conflicts(runner, synth_boxes, tmp_path):
@@ -118,6 +187,8 @@ def degenerate_dataset(tmp_path, kind="rgb"):
     path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "grey":
         cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_BGR2GRAY))
+    elif kind == "grey3":  # the same grey picture stored as three equal channels
+        cv2.imwrite(str(path), cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR))
     elif kind == "rgba":
         cv2.imwrite(str(path), np.dstack([img, np.full((48, 64), 255, np.uint8)]))
     elif kind == "16bit":
@@ -160,7 +231,7 @@ def test_degenerate_boxes(runner, tmp_path):
 @pytest.mark.parametrize("kind", ["grey", "rgba", "16bit"])
 def test_image_formats(runner, tmp_path, kind):
     boxes, images = degenerate_dataset(tmp_path, kind)
-    ref_boxes, ref_images = degenerate_dataset(tmp_path / "ref", "grey" if kind == "grey" else "rgb")
+    ref_boxes, ref_images = degenerate_dataset(tmp_path / "ref", "grey3" if kind == "grey" else "rgb")
     outs = []
     for b, i, name in ((boxes, images, "a.json"), (ref_boxes, ref_images, "b.json")):
         r = run(runner, b, "--images", i, "--out", tmp_path / name, "--workers", 1)
@@ -219,6 +290,7 @@ def test_resume_after_interruption_gives_identical_output(runner, synth_boxes, t
     r = run(runner, *args, "--out", out)
     assert r.exit_code != 0 and not out.exists()
     side = Path(f"{out}.resume.jsonl")
+    assert f"3 finished images are kept in {side}: rerun with --resume" in r.stderr
     assert len(side.read_text().splitlines()) == 1 + 3  # header + three finished images
 
     calls.clear()
@@ -234,12 +306,18 @@ def test_resume_refuses_another_runs_file(tmp_path):
     log = ResumeLog(tmp_path / "x.resume.jsonl", fingerprint("v", {"a": 1}, []), resume=False)
     log.append(1, {"ok": True})
     log.close(remove=False)
-    with open(tmp_path / "x.resume.jsonl", "a") as fh:
-        fh.write('{"image_id": 2, "resu')  # cut short by a kill
-    again = ResumeLog(tmp_path / "x.resume.jsonl", fingerprint("v", {"a": 1}, []), resume=True)
-    assert again.done == {1: {"ok": True}}
-    again.close(remove=False)
-    assert (tmp_path / "x.resume.jsonl").read_text().endswith("}\n")  # the torn line is gone
+    for torn in ('{"image_id": 2, "resu', '{"image_id": 2, "result": {"ok": true}}'):  # killed mid-line
+        with open(tmp_path / "x.resume.jsonl", "a") as fh:
+            fh.write(torn)
+        again = ResumeLog(tmp_path / "x.resume.jsonl", fingerprint("v", {"a": 1}, []), resume=True)
+        assert again.done == {1: {"ok": True}}
+        again.append(3, {"ok": False})
+        again.close(remove=False)
+        text = (tmp_path / "x.resume.jsonl").read_text()
+        assert "\x00" not in text and text.endswith('{"image_id": 3, "result": {"ok": false}}\n')
+        lines = text.splitlines()
+        assert len(lines) == 3  # header, image 1, image 3: the torn line is gone
+        (tmp_path / "x.resume.jsonl").write_text("\n".join(lines[:2]) + "\n")
     from wsis_cli.errors import WsisError
 
     with pytest.raises(WsisError, match="belongs to another run"):
@@ -268,3 +346,40 @@ def test_killed_process_resumes(tmp_path):
     assert 3 <= done_before < 24
     subprocess.run(base + ["--out", str(out), "--resume"], check=True, capture_output=True)
     assert out.read_bytes() == full.read_bytes()
+
+
+def test_sigterm_stops_the_workers_and_keeps_the_log(tmp_path):
+    root = tmp_path / "data"
+    gt = synthesize(root, n=24, size=192, seed=4)
+    (root / "box.json").write_text(json.dumps(weaken(parse_dataset(gt), "box").to_json()))
+    out = tmp_path / "out.json"
+    side = Path(f"{out}.resume.jsonl")
+    cmd = [sys.executable, "-m", "wsis_cli", "pseudolabel", "grabcut", str(root / "box.json"),
+           "--images", str(root / "images"), "--workers", "2", "--max-side", "0", "--iters", "8", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not side.exists() or len(side.read_text().splitlines()) < 3):
+        time.sleep(0.005)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert children, "no worker processes seen"
+    proc.send_signal(signal.SIGTERM)  # to the main process only, as a batch scheduler does
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode != 0 and not out.exists()
+    assert "Traceback" not in err and "rerun with --resume" in err
+    time.sleep(1)
+    alive = [c for c in children if Path(f"/proc/{c}").exists() and "zombie" not in Path(f"/proc/{c}/status").read_text()]
+    assert not alive, f"workers outlived the run: {alive}"
+    assert len(side.read_text().splitlines()) >= 3
+
+
+def test_verb_defaults_are_the_library_defaults():
+    import inspect
+
+    from wsis_cli.cli.pseudolabel import RETRY_IOU, grabcut
+    from wsis_cli.pseudo.grabcut import GrabCutConfig
+
+    params = inspect.signature(grabcut).parameters
+    lib = GrabCutConfig()
+    for name in ("iters", "valid_iou", "fallback", "margin", "max_side", "cleanup", "seed"):
+        assert params[name].default == getattr(lib, name), name
+    assert params["retry"].default is True and RETRY_IOU == lib.retry_iou

@@ -51,3 +51,18 @@ def test_cli(runner, tmp_path):
     r = runner.invoke(app, ["show", str(write(tmp_path / "il.json", il)), "--images", str(tmp_path / "images"),
                             "--out", str(tmp_path / "il"), "--max", "1"])
     assert r.exit_code == 0 and (tmp_path / "il" / "1.png").exists()
+
+
+def test_cli_bad_inputs(runner, tmp_path):
+    ds = write(tmp_path / "gt.json", synthesize(tmp_path, n=2, size=64, seed=0))
+    images = str(tmp_path / "images")
+    r = runner.invoke(app, ["show", str(ds), "--images", images, "--out", str(tmp_path / "s"), "--ids", "1,x"])
+    assert r.exit_code == 2 and "neither a comma-separated list" in r.output
+    r = runner.invoke(app, ["show", str(ds), "--images", images, "--out", str(ds)])
+    assert r.exit_code == 2
+    r = runner.invoke(app, ["show", str(ds), "--images", str(tmp_path / "nowhere"), "--out", str(tmp_path / "s")])
+    assert r.exit_code == 2 and not (tmp_path / "s").exists()
+    (tmp_path / "images" / "000002.png").unlink()
+    r = runner.invoke(app, ["show", str(ds), "--images", images, "--out", str(tmp_path / "s")])
+    assert r.exit_code == 1 and "000002.png: image file not found (image 2" in r.stderr
+    assert not (tmp_path / "s").exists()

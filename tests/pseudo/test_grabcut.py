@@ -3,8 +3,9 @@ import pytest
 
 from wsis_cli.boxes import mask_to_box
 from wsis_cli.metrics import mask_iou
-from wsis_cli.pseudo.fallback import box_mask, ellipse_mask
-from wsis_cli.pseudo.grabcut import GrabCutConfig, box_seed, grabcut_box, resolve_overlaps, segment_boxes
+from wsis_cli.pseudo.fallback import box_crop, box_mask, ellipse_mask
+from wsis_cli.pseudo.grabcut import (BoxResult, GrabCutConfig, box_seed, grabcut_box, resolve_overlaps,
+                                     segment_boxes)
 from wsis_cli.errors import WsisError
 
 
@@ -29,7 +30,7 @@ def test_grabcut_finds_the_object_in_its_box():
     img, disc = scene()
     res = segment_boxes(img, np.array([[28.0, 28.0, 68.0, 68.0]]), [1], CFG)[0]
     assert res.method == "grabcut" and res.valid
-    assert iou(res.mask, disc) > 0.9
+    assert iou(res.full(96, 96), disc) > 0.9
     assert res.box_iou > 0.9
 
 
@@ -45,17 +46,39 @@ def test_validity_rule_and_fallbacks():
     # IoU (40*40)/(90*90) ~ 0.2 with the box: invalid, replaced by the fallback
     img, disc = scene(h=120, w=120)
     box = np.array([[26.0, 26.0, 116.0, 116.0]])
-    res = segment_boxes(img, box, [1], CFG)[0]
+    plain = GrabCutConfig(retry_iou=0)
+    res = segment_boxes(img, box, [1], plain)[0]
     assert res.method == "ellipse" and not res.valid
     assert 0.0 < res.box_iou < 0.5
-    np.testing.assert_array_equal(res.mask, ellipse_mask(box[0], 120, 120))
-    res = segment_boxes(img, box, [1], GrabCutConfig(fallback="box"))[0]
+    np.testing.assert_array_equal(res.full(120, 120), ellipse_mask(box[0], 120, 120))
+    res = segment_boxes(img, box, [1], GrabCutConfig(fallback="box", retry_iou=0))[0]
     assert res.method == "box" and not res.valid
-    np.testing.assert_array_equal(res.mask, box_mask(box[0], 120, 120))
-    res = segment_boxes(img, box, [1], GrabCutConfig(fallback="none"))[0]
-    assert res.method == "grabcut" and not res.valid and iou(res.mask, disc) > 0.8  # GrabCut's own mask, kept
+    np.testing.assert_array_equal(res.full(120, 120), box_mask(box[0], 120, 120))
+    res = segment_boxes(img, box, [1], GrabCutConfig(fallback="none", retry_iou=0))[0]
+    assert res.method == "grabcut" and not res.valid and iou(res.full(120, 120), disc) > 0.8  # GrabCut's own, kept
     res = segment_boxes(img, box, [1], GrabCutConfig(valid_iou=0.1))[0]
     assert res.method == "grabcut" and res.valid  # the threshold decides
+
+
+def test_validity_threshold_is_inclusive():
+    img, _ = scene(h=120, w=120)
+    box = np.array([[26.0, 26.0, 116.0, 116.0]])
+    first = segment_boxes(img, box, [1], GrabCutConfig(retry_iou=0))[0]
+    at = segment_boxes(img, box, [1], GrabCutConfig(valid_iou=first.box_iou, retry_iou=0))[0]
+    assert at.valid and at.method == "grabcut"  # IoU == threshold is valid
+    above = segment_boxes(img, box, [1], GrabCutConfig(valid_iou=min(1.0, first.box_iou + 1e-9), retry_iou=0))[0]
+    assert not above.valid
+
+
+def test_an_object_filling_its_box_to_the_image_border():
+    # a flat rectangle touching the right and bottom borders; the box is exactly it
+    img = np.full((50, 70, 3), (40, 160, 60), np.uint8)
+    img[20:50, 30:70] = (220, 40, 40)
+    res = segment_boxes(img, np.array([[30.0, 20.0, 70.0, 50.0]]), [1], CFG)[0]
+    expected = np.zeros((50, 70), bool)
+    expected[20:50, 30:70] = True
+    assert res.valid
+    np.testing.assert_array_equal(res.full(50, 70), expected)
 
 
 def test_min_fill_rule():
@@ -71,7 +94,7 @@ def test_degenerate_boxes_never_crash(box):
     img, _ = scene()
     res = segment_boxes(img, np.array([box], float), [3], CFG)[0]
     assert res.mask is not None and res.mask.any()
-    x1, y1, x2, y2 = mask_to_box(res.mask)
+    x1, y1, x2, y2 = mask_to_box(res.full(96, 96))
     assert x1 >= np.floor(box[0]) and y1 >= np.floor(box[1]) and x2 <= np.ceil(box[2]) and y2 <= np.ceil(box[3])
     if min(box[2] - box[0], box[3] - box[1]) < CFG.min_side:
         assert res.method == "ellipse" and not res.valid and res.box_iou == 0.0
@@ -88,19 +111,47 @@ def test_whole_image_box_still_segments_the_object():
     img[disc] = np.clip(rng.normal([210, 40, 40], 10, size=(disc.sum(), 3)), 0, 255).astype(np.uint8)
     res = segment_boxes(img, np.array([[0.0, 0.0, 60.0, 60.0]]), [1], CFG)[0]
     assert res.method == "grabcut" and res.valid
-    assert iou(res.mask, disc) > 0.95
-    assert not res.mask[0, 0] and not res.mask[-1, -1]  # the background corners stay out
+    m = res.full(60, 60)
+    assert iou(m, disc) > 0.95
+    assert not m[0, 0] and not m[-1, -1]  # the background corners stay out
+
+
+def as_result(box, h=30, w=30):
+    m, off = box_crop(box, h, w)
+    return BoxResult(m, off, "grabcut", True, 1.0)
 
 
 def test_overlaps_go_to_the_smaller_instance():
-    big = box_mask([0, 0, 20, 20], 30, 30)
-    small = box_mask([10, 10, 25, 25], 30, 30)
-    out = resolve_overlaps([big, None, small])
-    assert out[1] is None
-    np.testing.assert_array_equal(out[2], small)
-    np.testing.assert_array_equal(out[0], big & ~small)
-    assert not (out[0] & out[2]).any()
-    assert resolve_overlaps([big]) == [big]
+    big, small = as_result([0, 0, 20, 20]), as_result([10, 10, 25, 25])
+    none = BoxResult(None, (0, 0), "none", False, 0.0)
+    out = resolve_overlaps([big, none, small], [1, 2, 3], 30, 30)
+    assert out[1] is none
+    np.testing.assert_array_equal(out[2].full(30, 30), small.full(30, 30))
+    np.testing.assert_array_equal(out[0].full(30, 30), big.full(30, 30) & ~small.full(30, 30))
+    assert out[0].valid and out[0].method == "grabcut"
+    assert resolve_overlaps([big], [1], 30, 30) == [big]
+
+
+def test_equal_sizes_go_to_the_larger_id_whatever_the_order():
+    a, b = as_result([0, 0, 10, 10]), as_result([5, 5, 15, 15])
+    for order in ([(a, 7), (b, 9)], [(b, 9), (a, 7)]):
+        res = resolve_overlaps([r for r, _ in order], [k for _, k in order], 30, 30)
+        by_id = {k: r.full(30, 30) for (_, k), r in zip(order, res)}
+        assert by_id[9][7, 7] and not by_id[7][7, 7]  # the shared pixels went to id 9
+
+
+def test_a_mask_that_loses_every_pixel_is_not_valid():
+    dup = [as_result([5, 5, 15, 15]), as_result([5, 5, 15, 15])]  # one object boxed twice
+    res = resolve_overlaps(dup, [1, 2], 30, 30)
+    assert res[1].valid and res[1].mask.sum() == 100
+    assert res[0].method == "none" and not res[0].valid and not res[0].mask.any()
+
+
+def test_box_seed_depends_on_seed_and_annotation_and_takes_any_sign():
+    seeds = {box_seed(s, a) for s in (0, 1, -1, 2**40) for a in (1, 2, -5, 2**40)}
+    assert len(seeds) == 16
+    assert all(0 <= v < 2**31 for v in seeds)
+    assert box_seed(3, 4) == box_seed(3, 4)
 
 
 def test_config_checks():
@@ -121,7 +172,7 @@ def test_core_seeded_retry_only_replaces_invalid_masks_with_good_ones(tmp_path):
         img = read_image(tmp_path / "images" / im["file_name"])
         boxes = xywh_to_xyxy([a["bbox"] for a in anns])
         seeds = [box_seed(0, a["id"]) for a in anns]
-        plain += segment_boxes(img, boxes, seeds, GrabCutConfig(min_margin=2))
+        plain += segment_boxes(img, boxes, seeds, GrabCutConfig(min_margin=2, retry_iou=0))
         retried += segment_boxes(img, boxes, seeds, GrabCutConfig(min_margin=2, retry_iou=0.7))
     rescued = 0
     for p, r in zip(plain, retried):

@@ -41,5 +41,12 @@ app.command("evaluate")(evaluate.evaluate)
 app.command("show")(show.show)
 
 
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt  # unwind as Ctrl-C does: stop the workers, keep the resume log
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     app()

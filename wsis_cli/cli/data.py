@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from wsis_cli.cli.io import cli_errors, info, progress_bar, write_output
+from wsis_cli.cli.io import cli_errors, info, progress_bar, warn, write_output
 from wsis_cli.cli.options import Out, Seed
 
 app = typer.Typer(help="Make, convert, weaken and split COCO datasets.", no_args_is_help=True)
@@ -161,11 +161,22 @@ def merge(
 ) -> None:
     """Join datasets (e.g. `--shard K/N` outputs): ids kept, images and annotations by id,
     an id with two different records is an error."""
+    import json
+
     from wsis_cli.coco import load_dataset, provenance
     from wsis_cli.merge import merge_datasets
 
     if sum(d == "-" for d in datasets) > 1:
         raise typer.BadParameter("stdin ('-') can be read once", param_hint="DATASETS")
-    merged = merge_datasets([load_dataset(d) for d in datasets])
-    write_output(out, merged.to_json(provenance("data merge", {"datasets": datasets})))
+    parts = [load_dataset(d) for d in datasets]
+    merged = merge_datasets(parts)
+    inputs = [p.info.get("wsis") for p in parts]
+    made = {json.dumps({k: v for k, v in (w.get("options") or {}).items() if k not in ("shard", "boxes")},
+                       sort_keys=True, default=str)
+            for w in inputs if isinstance(w, dict)}
+    if len(made) > 1:
+        warn("the inputs were made with different options (see info.wsis.inputs of the output)")
+    prov = provenance("data merge", {"datasets": datasets})
+    prov["inputs"] = inputs
+    write_output(out, merged.to_json(prov))
     info(f"{len(merged.images)} images, {len(merged.annotations)} annotations from {len(datasets)} files")

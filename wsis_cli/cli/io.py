@@ -47,18 +47,26 @@ def info(message: str) -> None:
 
 
 @contextmanager
-def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar on stderr; yields the ``progress(done, total)`` callback the core takes."""
+def progress_bar(description: str, unit: str = "img") -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar on stderr (only on a terminal); yields the ``progress(done, total)``
+    callback the core takes. The rate counts what this run did, not what a resumed run found
+    done."""
+    import time
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-                  console=err_console, transient=True) as bar:
+                  console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
         task = bar.add_task(description, total=None, rate="")
+        start: list[float] = []  # (time, done) of the first report
 
         def update(done: int, total: int) -> None:
-            elapsed = bar.tasks[0].elapsed or 0.0
-            rate = f"{done / elapsed:.1f}/s" if elapsed > 0 else ""
+            now = time.perf_counter()
+            if not start:
+                start.extend((now, done))
+            elapsed = now - start[0]
+            rate = f"{(done - start[1]) / elapsed:.1f} {unit}/s" if elapsed > 0 else ""
             bar.update(task, completed=done, total=total, rate=rate)
 
         yield update

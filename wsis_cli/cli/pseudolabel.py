@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -39,6 +40,7 @@ def grabcut(
     go to the smaller one.
     """
     from wsis_cli.coco import display_name, load_dataset, provenance
+    from wsis_cli.errors import WsisError
     from wsis_cli.perimage import ResumeLog, default_workers, fingerprint, parse_shard, shard_images
     from wsis_cli.pseudo.box_masks import pseudolabel_boxes
     from wsis_cli.pseudo.fallback import FALLBACKS
@@ -46,38 +48,65 @@ def grabcut(
 
     if fallback not in FALLBACKS:
         raise typer.BadParameter(f"must be one of {', '.join(FALLBACKS)}", param_hint="--fallback")
-    if resume and out == "-":
-        raise typer.BadParameter("--resume keeps its progress next to the output: give --out FILE", param_hint="--resume")
     if not images.is_dir():
         raise typer.BadParameter(f"{images} is not a folder", param_hint="--images")
+    try:
+        part = parse_shard(shard)
+    except WsisError as e:
+        raise typer.BadParameter(str(e), param_hint="--shard") from None
+    log_path = resume_log_path(out)
+    if resume and log_path is None:
+        raise typer.BadParameter("--resume keeps its progress next to the output: give --out FILE (a regular file)",
+                                 param_hint="--resume")
+    if log_path is not None and log_path.exists() and not resume:
+        raise WsisError(f"{log_path} holds an interrupted run: add --resume to continue it, or delete it to start afresh")
     cfg = GrabCutConfig(iters=iters, valid_iou=valid_iou, fallback=fallback, margin=margin, max_side=max_side,
                         cleanup=cleanup, retry_iou=RETRY_IOU if retry else 0.0, seed=seed)
-    part = parse_shard(shard)
     ds = load_dataset(boxes)
     todo = shard_images(ds.images, part)
     options = {"boxes": display_name(boxes), "images": str(images), "shard": shard, **cfg.to_dict()}
     log = None
-    if out != "-":
+    if log_path is not None:
         run_id = fingerprint("pseudolabel grabcut", {k: v for k, v in options.items() if k != "boxes"},
                              [todo, [a for im in todo for a in ds.anns_by_image[im["id"]]]])
-        log = ResumeLog(f"{out}.resume.jsonl", run_id, resume=resume)
+        log = ResumeLog(log_path, run_id, resume=resume)
         if resume and log.done:
             info(f"resuming: {len(log.done)} of {len(todo)} images already done")
-    n_workers = workers or default_workers()
     try:
         with progress_bar("grabcut") as progress:
-            result, summary = pseudolabel_boxes(ds, todo, images, cfg, workers=n_workers, log=log,
+            result, summary = pseudolabel_boxes(ds, todo, images, cfg, workers=workers or default_workers(), log=log,
                                                 progress=progress, warn=warn)
         prov = provenance("pseudolabel grabcut", options, seed)
         prov["summary"] = summary.to_dict()
         write_output(out, result.to_json(prov))
-    except BaseException:
-        if log:
-            log.close(remove=False)  # keep the finished images for --resume
+    except BaseException as e:
+        if not log:
+            raise
+        log.close(remove=False)  # keep the finished images for --resume
+        if not log.done:
+            log.path.unlink(missing_ok=True)
+            raise
+        note = f"{len(log.done)} finished images are kept in {log.path}: rerun with --resume to continue"
+        if isinstance(e, WsisError):  # still one line: the fault, then where the work is kept
+            raise WsisError(f"{e} ({note})") from None
+        info(note)
         raise
     if log:
         log.close(remove=True)
     _print_summary(summary)
+
+
+def resume_log_path(out: str) -> Path | None:
+    """Where a run writing ``out`` logs its finished images: ``OUT.resume.jsonl`` for a regular
+    output file; None for stdout and special files (/dev/null, pipes). A folder is a usage error."""
+    if out == "-":
+        return None
+    p = Path(out)
+    if p.is_dir():
+        raise typer.BadParameter(f"{out} is a folder; give an output file", param_hint="--out")
+    if p.exists() and not p.is_file():
+        return None
+    return Path(f"{out}.resume.jsonl")
 
 
 def _print_summary(s) -> None:

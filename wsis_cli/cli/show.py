@@ -28,12 +28,20 @@ def show(
     from wsis_cli.images import read_image, write_image
     from wsis_cli.show import contact_sheet, is_fallback, render_overlay
 
-    if str(out) == "-":
-        raise typer.BadParameter("show writes PNG files into a folder", param_hint="--out")
+    if str(out) == "-" or (out.exists() and not out.is_dir()):
+        raise typer.BadParameter(f"{out}: show writes PNG files into a folder", param_hint="--out")
+    if not images.is_dir():
+        raise typer.BadParameter(f"{images} is not a folder", param_hint="--images")
     ds = load_dataset(dataset)
     if ids is not None:
-        wanted = [int(v) for v in ids.split(",")] if all(p.strip().lstrip("-").isdigit() for p in ids.split(",")) \
-            else read_ids(ids)
+        parts = [p.strip() for p in ids.split(",")]
+        if all(p.lstrip("-").isdigit() for p in parts):
+            wanted = [int(p) for p in parts]
+        elif Path(ids).is_file():
+            wanted = read_ids(ids)
+        else:
+            raise typer.BadParameter(f"{ids!r} is neither a comma-separated list of image ids nor a file",
+                                     param_hint="--ids")
         unknown = [i for i in wanted if i not in ds.image_by_id]
         if unknown:
             raise InputError(ds.path, f"has no image {unknown[0]} (asked for by --ids)")
@@ -41,6 +49,9 @@ def show(
     else:
         chosen = ds.images
     chosen = chosen[:max_images]
+    for im in chosen:
+        if not (images / im["file_name"]).is_file():
+            raise InputError(images / im["file_name"], f"image file not found (image {im['id']} of {ds.path})")
     out.mkdir(parents=True, exist_ok=True)
     tiles, n_fallback = [], 0
     with progress_bar("drawing") as progress:

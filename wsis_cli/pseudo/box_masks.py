@@ -46,6 +46,8 @@ def prepare_boxes(ds: Dataset, images: list[dict], images_dir: str | Path, cfg: 
     """Check and clip every box of ``images``; returns the jobs and the skipped annotation ids."""
     jobs, skipped = [], set()
     for im in images:
+        if ds.anns_by_image[im["id"]] and not (Path(images_dir) / im["file_name"]).is_file():
+            raise InputError(Path(images_dir) / im["file_name"], f"image file not found (image {im['id']} of {ds.path})")
         h, w = im["height"], im["width"]
         ids, boxes = [], []
         for a in ds.anns_by_image[im["id"]]:
@@ -78,9 +80,10 @@ def grabcut_image(job: BoxJob) -> dict:
                                    f"says {job.width}x{job.height}")
     boxes = np.asarray(job.boxes, dtype=np.float64)
     results = segment_boxes(img, boxes, [box_seed(cfg.seed, i) for i in job.ann_ids], cfg)
-    masks = resolve_overlaps([r.mask for r in results])
+    results = resolve_overlaps(results, job.ann_ids, job.height, job.width)
     out = {}
-    for ann_id, r, m in zip(job.ann_ids, results, masks):
+    for ann_id, r in zip(job.ann_ids, results):  # one full-size mask at a time
+        m = r.full(job.height, job.width)
         if m is None:
             m = np.zeros((job.height, job.width), dtype=bool)
         out[str(ann_id)] = {"segmentation": mask_to_rle(m), "area": float(m.sum()),
@@ -124,6 +127,9 @@ def pseudolabel_boxes(ds: Dataset, images: list[dict], images_dir: str | Path, c
         out["bbox"] = [round(float(v), 4) for v in xyxy_to_xywh(clipped[None])[0]]
         out.update(segmentation=made["segmentation"], area=made["area"], wsis=made["wsis"])
         annotations.append(out)
+        if made["area"] == 0:
+            warn(f"{ds.path}: {ann_record(a)}: its mask lost every pixel to smaller overlapping instances "
+                 "(a duplicate box?); left empty and not valid")
         size = "small" if out["bbox"][2] * out["bbox"][3] < SMALL_AREA else "large"
         summary.masks += 1
         summary.empty += made["area"] == 0

@@ -24,7 +24,7 @@ import numpy as np
 
 from wsis_cli.boxes import box_iou, mask_to_box
 from wsis_cli.errors import WsisError
-from wsis_cli.pseudo.fallback import FALLBACKS, fallback_mask
+from wsis_cli.pseudo.fallback import FALLBACKS, fallback_crop, paste
 
 __all__ = ["GrabCutConfig", "BoxResult", "grabcut_box", "segment_boxes", "resolve_overlaps", "box_seed"]
 
@@ -42,10 +42,10 @@ class GrabCutConfig:
     fallback: str = "ellipse"   # ellipse | box | none: what replaces an invalid or empty mask
     init: str = "rect"          # rect | ellipse | core: seeding of the box
     color: str = "rgb"          # rgb | lab | hsv: the space GrabCut's colour models live in
-    cleanup: bool = False       # open/close, keep the component that best fills the box, fill holes
-    max_side: int = 0           # downscale crops whose longer side exceeds this (0: never)
+    cleanup: bool = True        # open/close, keep the component that best fills the box, fill holes
+    max_side: int = 160         # downscale crops whose longer side exceeds this (0: never)
     min_side: int = 4           # boxes narrower than this (px) skip GrabCut: too few pixels to model
-    retry_iou: float = 0.0      # if > 0: an invalid mask gets a second GrabCut seeded with a sure-
+    retry_iou: float = 0.7      # if > 0: an invalid mask gets a second GrabCut seeded with a sure-
                                 # foreground core, kept when its bbox IoU reaches this (stricter) bar
     seed: int = 0
 
@@ -69,17 +69,23 @@ class GrabCutConfig:
 
 @dataclass
 class BoxResult:
-    """One box's mask (``HxW`` bool, or None when there is none) and how it was made."""
+    """One box's mask as a crop (bool ``mask`` over the window starting at ``offset`` =
+    ``(row0, col0)``; None when there is none) and how it was made."""
 
     mask: np.ndarray | None
+    offset: tuple[int, int]
     method: str      # grabcut | ellipse | box | none
     valid: bool      # the GrabCut mask passed the validity rule
     box_iou: float   # IoU of the GrabCut mask's bbox with the given box (0 when GrabCut gave nothing)
 
+    def full(self, height: int, width: int) -> np.ndarray | None:
+        return None if self.mask is None else paste((self.mask, self.offset), height, width)
+
 
 def box_seed(seed: int, ann_id: int) -> int:
-    """OpenCV RNG seed of one box: the same for the same ``(seed, annotation id)``."""
-    return int(np.random.SeedSequence([seed, ann_id & 0xFFFFFFFF, ann_id >> 32]).generate_state(1)[0] & 0x7FFFFFFF)
+    """OpenCV RNG seed of one box: the same for the same ``(seed, annotation id)``, any sign."""
+    words = [v & 0xFFFFFFFF for v in (seed, seed >> 32, ann_id, ann_id >> 32)]
+    return int(np.random.SeedSequence(words).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def _pixel_span(lo: float, hi: float, limit: int) -> tuple[int, int]:
@@ -185,50 +191,68 @@ def grabcut_box(image: np.ndarray, box, cfg: GrabCutConfig, seed: int) -> tuple[
     return (fg if fg.any() else None), (R1, C1)
 
 
+def _crop_box(crop: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
+    b = mask_to_box(crop)
+    return b + np.array([offset[1], offset[0], offset[1], offset[0]], dtype=np.float64)
+
+
 def segment_boxes(image: np.ndarray, boxes: np.ndarray, seeds: list[int], cfg: GrabCutConfig) -> list[BoxResult]:
-    """Masks for ``boxes`` (N, 4) ``x1, y1, x2, y2`` of one image, validity rule and fallback
-    applied, before overlap resolution."""
+    """Masks (as crops) for ``boxes`` (N, 4) ``x1, y1, x2, y2`` of one image, validity rule,
+    retry and fallback applied, before overlap resolution."""
     h, w = image.shape[:2]
     out = []
     retry = replace(cfg, init="core") if cfg.retry_iou > 0 and cfg.init != "core" else None
-    box_px = lambda b: max(1e-9, (b[2] - b[0]) * (b[3] - b[1]))  # noqa: E731
 
-    def attempt(box, c: GrabCutConfig, seed: int) -> tuple[np.ndarray | None, float]:
-        crop_mask, (r0, c0) = grabcut_box(image, box, c, seed)
-        if crop_mask is None:
-            return None, 0.0
-        full = np.zeros((h, w), dtype=bool)
-        full[r0:r0 + crop_mask.shape[0], c0:c0 + crop_mask.shape[1]] = crop_mask
-        iou = float(box_iou(mask_to_box(full)[None], np.asarray(box, dtype=np.float64)[None])[0, 0])
-        return (full if crop_mask.sum() >= c.min_fill * box_px(box) else None), iou
+    def attempt(box, c: GrabCutConfig, seed: int) -> tuple[np.ndarray | None, tuple[int, int], float]:
+        crop, offset = grabcut_box(image, box, c, seed)
+        if crop is None:
+            return None, offset, 0.0
+        iou = float(box_iou(_crop_box(crop, offset)[None], np.asarray(box, dtype=np.float64)[None])[0, 0])
+        box_px = max(1e-9, (box[2] - box[0]) * (box[3] - box[1]))
+        return (crop if crop.sum() >= c.min_fill * box_px else None), offset, iou
 
     for box, seed in zip(boxes, seeds):
-        full, iou = attempt(box, cfg, seed)
-        if full is not None and iou >= cfg.valid_iou:
-            out.append(BoxResult(full, "grabcut", True, iou))
+        crop, offset, iou = attempt(box, cfg, seed)
+        if crop is not None and iou >= cfg.valid_iou:
+            out.append(BoxResult(crop, offset, "grabcut", True, iou))
             continue
         if retry is not None:
-            full2, iou2 = attempt(box, retry, seed)
-            if full2 is not None and iou2 >= max(cfg.valid_iou, cfg.retry_iou):
-                out.append(BoxResult(full2, "grabcut", True, iou2))
+            crop2, offset2, iou2 = attempt(box, retry, seed)
+            if crop2 is not None and iou2 >= max(cfg.valid_iou, cfg.retry_iou):
+                out.append(BoxResult(crop2, offset2, "grabcut", True, iou2))
                 continue
-        fb = fallback_mask(cfg.fallback, box, h, w)
+        fb = fallback_crop(cfg.fallback, box, h, w)
         if fb is None:  # --fallback none: keep GrabCut's invalid mask as it is (or nothing)
-            out.append(BoxResult(full, "grabcut" if full is not None else "none", False, iou))
+            out.append(BoxResult(crop, offset, "grabcut" if crop is not None else "none", False, iou))
         else:
-            out.append(BoxResult(fb, cfg.fallback, False, iou))
+            out.append(BoxResult(fb[0], fb[1], cfg.fallback, False, iou))
     return out
 
 
-def resolve_overlaps(masks: list[np.ndarray | None]) -> list[np.ndarray | None]:
+def resolve_overlaps(results: list[BoxResult], keys: list[int], height: int, width: int) -> list[BoxResult]:
     """Pixels claimed by several masks go to the smallest of them (by pixel count before
-    resolution; ties to the later mask), so instance masks never overlap."""
-    present = [i for i, m in enumerate(masks) if m is not None]
+    resolution; equal sizes: the larger ``key``, e.g. annotation id, so the outcome does not
+    depend on the order of the annotations), so instance masks never overlap. A mask that
+    loses every pixel becomes ``method "none"``, not valid."""
+    present = [i for i, r in enumerate(results) if r.mask is not None and r.mask.any()]
     if len(present) < 2:
-        return list(masks)
-    h, w = masks[present[0]].shape
-    owner = np.full((h, w), -1, dtype=np.int32)
-    areas = {i: int(masks[i].sum()) for i in present}
-    for i in sorted(present, key=lambda i: (-areas[i], i)):  # largest first, smaller ones paint over
-        owner[masks[i]] = i
-    return [None if m is None else (owner == i) for i, m in enumerate(masks)]
+        return list(results)
+    owner = np.full((height, width), -1, dtype=np.int32)
+    areas = {i: int(results[i].mask.sum()) for i in present}
+    for i in sorted(present, key=lambda i: (-areas[i], keys[i])):  # largest first, smaller ones paint over
+        r = results[i]
+        (r0, c0), (mh, mw) = r.offset, r.mask.shape
+        window = owner[r0:r0 + mh, c0:c0 + mw]
+        window[r.mask] = i
+    out = []
+    for i, r in enumerate(results):
+        if i not in areas:
+            out.append(r)
+            continue
+        (r0, c0), (mh, mw) = r.offset, r.mask.shape
+        kept = owner[r0:r0 + mh, c0:c0 + mw] == i
+        if kept.any():
+            out.append(replace(r, mask=kept))
+        else:
+            out.append(replace(r, mask=kept, method="none", valid=False))
+    return out
