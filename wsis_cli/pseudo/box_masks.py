@@ -116,15 +116,14 @@ def pseudolabel_boxes(ds: Dataset, images: list[dict], images_dir: str | Path, c
                          progress=progress, total=len(jobs))
     summary = Summary(skipped=len(skipped))
     keep = {im["id"] for im in images}
+    clipped = {i: b for j in jobs for i, b in zip(j.ann_ids, j.boxes)}
     annotations = []
     for a in ds.annotations:
         if a["image_id"] not in keep or a["id"] in skipped:
             continue
         made = results[a["image_id"]]["anns"][str(a["id"])]
         out = {k: v for k, v in a.items() if k not in ("segmentation", "area", "wsis")}
-        im = ds.image_by_id[a["image_id"]]
-        clipped = np.clip(xywh_to_xyxy(a["bbox"])[0], 0, [im["width"], im["height"]] * 2)
-        out["bbox"] = [round(float(v), 4) for v in xyxy_to_xywh(clipped[None])[0]]
+        out["bbox"] = [round(float(v), 4) for v in xyxy_to_xywh([clipped[a["id"]]])[0]]
         out.update(segmentation=made["segmentation"], area=made["area"], wsis=made["wsis"])
         annotations.append(out)
         if made["area"] == 0:

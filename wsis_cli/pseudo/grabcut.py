@@ -108,6 +108,15 @@ def _largest_filling_component(fg: np.ndarray, box_px: tuple[int, int, int, int]
     return labels == best
 
 
+def _ellipse_distance(b1: int, b2: int, a1: int, a2: int, scale: float) -> np.ndarray:
+    """Over the window rows b1:b2, cols a1:a2: each pixel centre's squared normalised distance
+    from the window's centre, for the centred ellipse with ``scale`` times the inscribed
+    ellipse's half-axes (<= 1 inside it)."""
+    yy, xx = np.mgrid[b1:b2, a1:a2]
+    cy, cx, ry, rx = (b1 + b2) / 2, (a1 + a2) / 2, (b2 - b1) / 2, (a2 - a1) / 2
+    return ((xx + 0.5 - cx) / (scale * rx)) ** 2 + ((yy + 0.5 - cy) / (scale * ry)) ** 2
+
+
 def _fill_holes(m: np.ndarray) -> np.ndarray:
     import cv2
 
@@ -150,15 +159,9 @@ def grabcut_box(image: np.ndarray, box, cfg: GrabCutConfig, seed: int) -> tuple[
     gc = np.full((sh, sw), cv2.GC_BGD, dtype=np.uint8)
     gc[b1:b2, a1:a2] = cv2.GC_PR_FGD
     if cfg.init == "ellipse":
-        yy, xx = np.mgrid[b1:b2, a1:a2]
-        cy, cx, ry, rx = (b1 + b2) / 2, (a1 + a2) / 2, (b2 - b1) / 2, (a2 - a1) / 2
-        corners = ((xx + 0.5 - cx) / rx) ** 2 + ((yy + 0.5 - cy) / ry) ** 2 > 1.0
-        gc[b1:b2, a1:a2][corners] = cv2.GC_PR_BGD
+        gc[b1:b2, a1:a2][_ellipse_distance(b1, b2, a1, a2, 1.0) > 1.0] = cv2.GC_PR_BGD  # the corners
     elif cfg.init == "core" and min(b2 - b1, a2 - a1) >= 8:
-        yy, xx = np.mgrid[b1:b2, a1:a2]
-        cy, cx, ry, rx = (b1 + b2) / 2, (a1 + a2) / 2, (b2 - b1) / 2, (a2 - a1) / 2
-        core = ((xx + 0.5 - cx) / (0.25 * rx)) ** 2 + ((yy + 0.5 - cy) / (0.25 * ry)) ** 2 <= 1.0
-        gc[b1:b2, a1:a2][core] = cv2.GC_FGD
+        gc[b1:b2, a1:a2][_ellipse_distance(b1, b2, a1, a2, 0.25) <= 1.0] = cv2.GC_FGD
     bg = (gc == cv2.GC_BGD) | (gc == cv2.GC_PR_BGD)
     if bg.sum() < 16:  # the box fills the crop (e.g. the whole image): its rim stands for the background
         ring = max(1, round(0.05 * min(b2 - b1, a2 - a1)))
