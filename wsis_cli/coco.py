@@ -22,7 +22,7 @@ import math
 import os
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -351,10 +351,8 @@ class Dataset:
     def subset(self, image_ids: Iterable[int]) -> "Dataset":
         """A new dataset with the given images (in this dataset's order) and their annotations."""
         keep = set(image_ids)
-        return Dataset(
-            images=[im for im in self.images if im["id"] in keep],
-            annotations=[a for a in self.annotations if a["image_id"] in keep],
-            categories=self.categories, info=self.info, licenses=self.licenses, path=self.path)
+        return replace(self, images=[im for im in self.images if im["id"] in keep],
+                       annotations=[a for a in self.annotations if a["image_id"] in keep])
 
 
 def load_dataset(path: str | os.PathLike) -> Dataset:

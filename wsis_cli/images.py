@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsis_cli.errors import WsisError
+from wsis_cli.errors import InputError, WsisError
 
 __all__ = ["read_image", "write_image", "image_path"]
 
@@ -49,6 +49,10 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray) -> None:
     buf.tofile(str(path))
 
 
-def image_path(images_dir: str | os.PathLike, image: dict) -> Path:
-    """Where a COCO image record's file lies under ``images_dir``."""
-    return Path(images_dir) / image["file_name"]
+def image_path(images_dir: str | os.PathLike, image: dict, *, dataset: str | None = None) -> Path:
+    """Where a COCO image record's file lies under ``images_dir``; with ``dataset`` (its name
+    for messages), an :class:`InputError` when the file is not there."""
+    p = Path(images_dir) / image["file_name"]
+    if dataset is not None and not p.is_file():
+        raise InputError(p, f"image file not found (image {image['id']} of {dataset})")
+    return p

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from wsis_cli.coco import Dataset, has_segmentation
 from wsis_cli.errors import InputError, WsisError
 
@@ -64,5 +66,4 @@ def weaken(ds: Dataset, to: str) -> Dataset:
                 seen.add(key)
                 out.append({"id": a["id"], "image_id": a["image_id"], "category_id": a["category_id"],
                             "count": None})
-    return Dataset(images=ds.images, annotations=out, categories=ds.categories, info=ds.info,
-                   licenses=ds.licenses, path=ds.path)
+    return replace(ds, annotations=out)

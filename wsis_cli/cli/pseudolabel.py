@@ -48,8 +48,6 @@ def grabcut(
 
     if fallback not in FALLBACKS:
         raise typer.BadParameter(f"must be one of {', '.join(FALLBACKS)}", param_hint="--fallback")
-    if not images.is_dir():
-        raise typer.BadParameter(f"{images} is not a folder", param_hint="--images")
     try:
         part = parse_shard(shard)
     except WsisError as e:

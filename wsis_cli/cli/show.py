@@ -25,13 +25,11 @@ def show(
     from wsis_cli.cli.data import read_ids
     from wsis_cli.coco import load_dataset
     from wsis_cli.errors import InputError
-    from wsis_cli.images import read_image, write_image
+    from wsis_cli.images import image_path, read_image, write_image
     from wsis_cli.show import contact_sheet, is_fallback, render_overlay
 
     if str(out) == "-" or (out.exists() and not out.is_dir()):
         raise typer.BadParameter(f"{out}: show writes PNG files into a folder", param_hint="--out")
-    if not images.is_dir():
-        raise typer.BadParameter(f"{images} is not a folder", param_hint="--images")
     ds = load_dataset(dataset)
     if ids is not None:
         parts = [p.strip() for p in ids.split(",")]
@@ -49,16 +47,14 @@ def show(
     else:
         chosen = ds.images
     chosen = chosen[:max_images]
-    for im in chosen:
-        if not (images / im["file_name"]).is_file():
-            raise InputError(images / im["file_name"], f"image file not found (image {im['id']} of {ds.path})")
+    paths = [image_path(images, im, dataset=ds.path) for im in chosen]  # all there before any drawing
     out.mkdir(parents=True, exist_ok=True)
     tiles, n_fallback = [], 0
     with progress_bar("drawing") as progress:
-        for k, im in enumerate(chosen, start=1):
+        for k, (im, path) in enumerate(zip(chosen, paths), start=1):
             anns = ds.anns_by_image[im["id"]]
             n_fallback += sum(is_fallback(a) for a in anns)
-            pic = render_overlay(read_image(images / im["file_name"]), anns, ds.category_by_id)
+            pic = render_overlay(read_image(path), anns, ds.category_by_id)
             write_image(out / f"{im['id']}.png", pic)
             tiles.append((f"{im['id']}: {len(anns)}", pic))
             progress(k, len(chosen))

@@ -12,7 +12,7 @@ of the output), boxes too thin for GrabCut get the fallback.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +21,7 @@ import numpy as np
 from wsis_cli.boxes import xywh_to_xyxy, xyxy_to_xywh
 from wsis_cli.coco import Dataset, ann_record, mask_to_rle
 from wsis_cli.errors import InputError
+from wsis_cli.images import image_path
 from wsis_cli.metrics.coco_eval import SMALL_AREA
 from wsis_cli.perimage import ResumeLog, run_images
 from wsis_cli.pseudo.grabcut import GrabCutConfig, box_seed, resolve_overlaps, segment_boxes
@@ -46,8 +47,7 @@ def prepare_boxes(ds: Dataset, images: list[dict], images_dir: str | Path, cfg: 
     """Check and clip every box of ``images``; returns the jobs and the skipped annotation ids."""
     jobs, skipped = [], set()
     for im in images:
-        if ds.anns_by_image[im["id"]] and not (Path(images_dir) / im["file_name"]).is_file():
-            raise InputError(Path(images_dir) / im["file_name"], f"image file not found (image {im['id']} of {ds.path})")
+        path = image_path(images_dir, im, dataset=ds.path if ds.anns_by_image[im["id"]] else None)
         h, w = im["height"], im["width"]
         ids, boxes = [], []
         for a in ds.anns_by_image[im["id"]]:
@@ -63,7 +63,7 @@ def prepare_boxes(ds: Dataset, images: list[dict], images_dir: str | Path, cfg: 
                 warn(f"{ds.path}: {ann_record(a)}: box {a['bbox']} extends outside the {w}x{h} image; clipped")
             ids.append(a["id"])
             boxes.append(clipped.tolist())
-        jobs.append(BoxJob(im["id"], str(Path(images_dir) / im["file_name"]), h, w, ids, boxes, cfg.to_dict()))
+        jobs.append(BoxJob(im["id"], str(path), h, w, ids, boxes, cfg.to_dict()))
     return jobs, skipped
 
 
@@ -135,6 +135,4 @@ def pseudolabel_boxes(ds: Dataset, images: list[dict], images_dir: str | Path, c
         summary.by_size[size]["boxes"] += 1
         summary.by_size[size]["invalid"] += not made["wsis"]["valid"]
         summary.methods[made["wsis"]["method"]] = summary.methods.get(made["wsis"]["method"], 0) + 1
-    out_ds = Dataset(images=images, annotations=annotations, categories=ds.categories, info=ds.info,
-                     licenses=ds.licenses, path=ds.path)
-    return out_ds, summary
+    return replace(ds, images=images, annotations=annotations), summary

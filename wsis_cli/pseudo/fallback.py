@@ -20,12 +20,18 @@ def _window(box, height: int, width: int) -> tuple[int, int, int, int]:
     return r1, max(r2, r1), c1, max(c2, c1)
 
 
+def pixel_span(lo: float, hi: float, limit: int) -> tuple[int, int]:
+    """The pixels whose centres lie in [lo, hi], at least one, inside [0, limit)."""
+    a = int(np.clip(np.floor(lo + 0.5), 0, limit - 1))
+    b = int(np.clip(np.ceil(hi - 0.5), a + 1, limit))
+    return a, b
+
+
 def box_crop(box, height: int, width: int) -> Crop:
     """The pixels whose centres lie inside ``x1, y1, x2, y2`` (at least one pixel for a box
     inside the image), as a crop."""
     x1, y1, x2, y2 = (float(v) for v in box)
-    c1, r1 = int(np.clip(np.floor(x1 + 0.5), 0, width - 1)), int(np.clip(np.floor(y1 + 0.5), 0, height - 1))
-    c2, r2 = int(np.clip(np.ceil(x2 - 0.5), c1 + 1, width)), int(np.clip(np.ceil(y2 - 0.5), r1 + 1, height))
+    (c1, c2), (r1, r2) = pixel_span(x1, x2, width), pixel_span(y1, y2, height)
     return np.ones((r2 - r1, c2 - c1), dtype=bool), (r1, c1)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from wsis_cli.boxes import box_iou, mask_to_box
 from wsis_cli.errors import WsisError
-from wsis_cli.pseudo.fallback import FALLBACKS, fallback_crop, paste
+from wsis_cli.pseudo.fallback import FALLBACKS, fallback_crop, paste, pixel_span
 
 __all__ = ["GrabCutConfig", "BoxResult", "grabcut_box", "segment_boxes", "resolve_overlaps", "box_seed"]
 
@@ -88,13 +88,6 @@ def box_seed(seed: int, ann_id: int) -> int:
     return int(np.random.SeedSequence(words).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def _pixel_span(lo: float, hi: float, limit: int) -> tuple[int, int]:
-    """Pixels whose centres lie in [lo, hi], at least one, inside [0, limit)."""
-    a = int(np.clip(np.floor(lo + 0.5), 0, limit - 1))
-    b = int(np.clip(np.ceil(hi - 0.5), a + 1, limit))
-    return a, b
-
-
 def _largest_filling_component(fg: np.ndarray, box_px: tuple[int, int, int, int]) -> np.ndarray:
     """Keep the connected component whose bbox best matches the box (ties: the larger one)."""
     import cv2
@@ -136,8 +129,8 @@ def grabcut_box(image: np.ndarray, box, cfg: GrabCutConfig, seed: int) -> tuple[
 
     h, w = image.shape[:2]
     x1, y1, x2, y2 = (float(v) for v in box)
-    c1, c2 = _pixel_span(x1, x2, w)
-    r1, r2 = _pixel_span(y1, y2, h)
+    c1, c2 = pixel_span(x1, x2, w)
+    r1, r2 = pixel_span(y1, y2, h)
     if c2 - c1 < cfg.min_side or r2 - r1 < cfg.min_side:
         return None, (r1, c1)
     mx = max(cfg.min_margin, cfg.margin * (c2 - c1))
