@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from wsis_cli import __version__
-from wsis_cli.cli import budget, data, evaluate, pseudolabel, select, show
+from wsis_cli.cli import budget, data, evaluate, pseudolabel, select, show, train
 
 app = typer.Typer(
     name="wsis",
@@ -35,6 +35,7 @@ def root(
 
 app.add_typer(data.app, name="data")
 app.add_typer(pseudolabel.app, name="pseudolabel")
+app.add_typer(train.app, name="train")
 app.command("budget")(budget.budget)
 app.command("select")(select.select)
 app.command("evaluate")(evaluate.evaluate)

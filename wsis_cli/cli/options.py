@@ -15,3 +15,4 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON
 Workers = Annotated[int | None, typer.Option("--workers", min=1, help="Worker processes (default: one per core).")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue a killed run from OUT.resume.jsonl; the output is identical.")]
 Shard = Annotated[str | None, typer.Option("--shard", help="Process only slice K of N of the images (K/N, 1-based); join with `wsis data merge`.")]
+Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")]

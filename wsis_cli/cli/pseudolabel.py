@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from wsis_cli.cli.io import cli_errors, info, progress_bar, warn, write_output
-from wsis_cli.cli.options import ImagesDir, Out, Resume, Seed, Shard, Workers
+from wsis_cli.cli.options import Device, ImagesDir, Out, Resume, Seed, Shard, Workers
 
 app = typer.Typer(help="Make instance masks (pseudo-labels) from weak labels.", no_args_is_help=True)
 
@@ -119,3 +119,110 @@ def _print_summary(s) -> None:
     if s.empty:
         parts.append(f"{s.empty} masks empty")
     info("; ".join(parts))
+
+
+@app.command("prm")
+@cli_errors
+def prm(
+    labels: Annotated[str, typer.Argument(help="COCO dataset with image-level labels (IL or IL+C; masks and boxes count as labels); '-' = stdin.")],
+    images: ImagesDir,
+    model: Annotated[Path, typer.Option("--model", exists=True, dir_okay=False, help="Classifier from `wsis train classifier`.")],
+    out: Out = "-",
+    save_maps: Annotated[Path | None, typer.Option("--save-maps", file_okay=False, help="Write each image's class score maps here (<stem>.npz) for `pseudolabel ccgr`.")] = None,
+    peak_kernel: Annotated[int, typer.Option("--peak-kernel", min=1, help="Peak window side (odd).")] = 3,
+    peak_rel: Annotated[float, typer.Option("--peak-rel", min=0.0, max=1.0, help="IL labels (no count): keep peaks >= this x the class's strongest.")] = 0.5,
+    prm_thr: Annotated[float, typer.Option("--prm-thr", min=0.0, max=1.0, help="Instance region: PRM >= this x its maximum.")] = 0.3,
+    refine: Annotated[str, typer.Option("--refine", help="grabcut (the region seeds GrabCut) or none (the region is the mask).")] = "grabcut",
+    device: Device = "auto",
+    shard: Shard = None,
+    seed: Seed = 0,
+) -> None:
+    """One instance per class peak: peak response maps -> masks (Zhou et al. 2018).
+
+    With a count per class (IL+C) the COUNT strongest peaks are kept; without (IL), peaks at
+    least --peak-rel times the strongest. Writes a COCO dataset with bbox, RLE mask, score and
+    the peak as "point" [x, y] per instance (the input `pseudolabel ccgr` uses).
+    """
+    from wsis_cli.coco import display_name, load_dataset, provenance
+    from wsis_cli.engine.classifier import load_classifier
+    from wsis_cli.engine.device import resolve_device
+    from wsis_cli.errors import WsisError
+    from wsis_cli.perimage import parse_shard, shard_images
+    from wsis_cli.pseudo.prm import PRMConfig, pseudolabel_prm
+
+    try:
+        part = parse_shard(shard)
+        dev = resolve_device(device)
+    except WsisError as e:
+        raise typer.BadParameter(str(e), param_hint="--shard" if "shard" in str(e) else "--device") from None
+    cfg = PRMConfig(peak_kernel=peak_kernel, peak_rel=peak_rel, prm_thr=prm_thr, refine=refine, seed=seed)
+    ds = load_dataset(labels)
+    net, config = load_classifier(model, device=dev)
+    todo = shard_images(ds.images, part)
+    import torch
+
+    torch.manual_seed(seed)
+    with progress_bar("prm") as progress:
+        anns, summary = pseudolabel_prm(ds, todo, images, net, config, cfg, device=dev, save_maps=save_maps,
+                                        progress=progress, warn=warn)
+    from dataclasses import replace
+
+    result = replace(ds, images=todo, annotations=anns)
+    options = {"labels": display_name(labels), "images": str(images), "model": str(model),
+               "save_maps": str(save_maps) if save_maps else None, "shard": shard, **cfg.to_dict()}
+    prov = provenance("pseudolabel prm", options, seed)
+    prov["summary"] = summary
+    write_output(out, result.to_json(prov))
+    parts = [f"{summary['instances']} instances in {summary['images']} images"]
+    if summary["short_of_count"]:
+        parts.append(f"{summary['short_of_count']} counted instances had no peak")
+    if summary["empty_masks"]:
+        parts.append(f"{summary['empty_masks']} peaks dropped (empty mask)")
+    info("; ".join(parts))
+
+
+@app.command("ccgr")
+@cli_errors
+def ccgr(
+    boxes: Annotated[str, typer.Argument(help="COCO dataset with boxes (e.g. from `pseudolabel prm`); '-' = stdin.")],
+    maps: Annotated[Path, typer.Option("--maps", exists=True, file_okay=False, help="Folder of class score maps <image stem>.npz (see README).")],
+    out: Out = "-",
+    steps: Annotated[int, typer.Option("--steps", min=0, help="Gradient steps.")] = 200,
+    context: Annotated[float, typer.Option("--context", min=1.0, help="Context box = the box scaled by this about its centre (gap objective).")] = 1.5,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Adam step, as a fraction of the box's starting side.")] = 0.02,
+    objective: Annotated[str, typer.Option("--objective", help="mass (default: class mass minus --threshold per pixel) or gap (the paper's center-context gap).")] = "mass",
+    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, help="t of the mass objective: a side moves out while the mean score along it is above t.")] = 0.1,
+    stop: Annotated[str, typer.Option("--stop", help="split (stop between two points of a class, by box size) or point (the paper: stop at the other point).")] = "split",
+    mask_thr: Annotated[float, typer.Option("--mask-thr", min=0.0, max=1.0, help="Mask = score map > this inside the refined box.")] = 0.5,
+    seed: Seed = 0,
+) -> None:
+    """Center-context-gap refinement: move every box onto its object in the class score map.
+
+    All boxes are optimised together by gradient descent on their four coordinates. A box keeps
+    its own "point" and never takes in another instance's stop point of its class. Writes the
+    refined bbox, a mask cropped from the class map, and "wsis": {"box_before"} per annotation.
+    """
+    from wsis_cli.coco import display_name, load_dataset, provenance
+    from wsis_cli.pseudo.ccgr import CCGRConfig, ccgr_dataset
+
+    cfg = CCGRConfig(steps=steps, context=context, lr=lr, objective=objective, threshold=threshold, stop=stop,
+                     mask_thr=mask_thr)
+    ds = load_dataset(boxes)
+    import torch
+
+    torch.manual_seed(seed)
+    with progress_bar("ccgr", unit="box") as progress:
+        anns, summary = ccgr_dataset(ds, maps, cfg, progress=progress)
+    from dataclasses import replace
+
+    result = replace(ds, annotations=anns)
+    options = {"boxes": display_name(boxes), "maps": str(maps), **cfg.to_dict()}
+    prov = provenance("pseudolabel ccgr", options, seed)
+    prov["summary"] = summary
+    write_output(out, result.to_json(prov))
+    msg = f"{summary['boxes']} boxes refined ({summary['with_point']} with a point)"
+    if summary["mean_box_iou_moved"] is not None:
+        msg += f"; mean IoU of each box with its start {summary['mean_box_iou_moved']:.2f}"
+    if summary["empty_masks"]:
+        msg += f"; {summary['empty_masks']} masks empty (no score above --mask-thr in the box)"
+    info(msg)

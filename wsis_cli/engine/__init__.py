@@ -1,0 +1,1 @@
+"""Training loops, checkpoints and devices for the models in :mod:`wsis_cli.models`."""

@@ -1,0 +1,391 @@
+"""Train the peak-stimulated classifier (PRM) from image-level labels, and load it back.
+
+Every supervision level gives image-level labels: an image's positive classes are the
+categories of its annotations; images without annotations are all-negative. Training is deterministic for a seed and exact
+across ``resume``: augmentation, shuffling and batch sizes come from random generators keyed by
+``(seed, epoch, index)``, the torch generator is reseeded every epoch, and the learning rate is a
+function of the global iteration.
+
+Checkpoint (one file, rewritten atomically after every epoch; readable with
+``torch.load(weights_only=True)``)::
+
+    {"format": "wsis-classifier", "version": 1, "wsis_version": str,
+     "config": {"backbone", "num_classes", "category_ids", "category_names", "size", "peak_kernel"},
+     "train": {"weights", "epochs", "batch_size", "lr", "amp", "seed", "data"},
+     "model": state_dict, "optimizer": state_dict, "scaler": state_dict | None,
+     "epoch": epochs done, "history": [{"epoch", "loss", "accuracy", "seconds"}, ...]}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wsis_cli import __version__
+from wsis_cli.coco import Dataset
+from wsis_cli.engine.checkpoint import load_checkpoint, save_checkpoint
+from wsis_cli.engine.device import resolve_device
+from wsis_cli.errors import WsisError
+from wsis_cli.images import image_path, read_image
+from wsis_cli.models.classifier import PeakClassifier, build_classifier
+
+__all__ = [
+    "FORMAT",
+    "SCALES",
+    "ClassifierConfig",
+    "image_tensor",
+    "image_labels",
+    "augment",
+    "batch_plan",
+    "TrainImages",
+    "train_classifier",
+    "load_classifier",
+]
+
+FORMAT = "wsis-classifier"
+VERSION = 1
+SCALES = (0.75, 1.0, 1.25)  # each batch's side is one of these times --size, rounded to a multiple of 16
+JITTER = 0.2  # brightness, contrast and saturation factors are drawn from [1 - JITTER, 1 + JITTER]
+MOMENTUM = 0.9
+WEIGHT_DECAY = 1e-4
+BACKBONE_LR = 0.1  # the pretrained backbone's learning rate, as a fraction of --lr
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Options of :func:`train_classifier` (the CLI's defaults)."""
+
+    backbone: str = "resnet50"  # resnet50 | resnet18
+    weights: str = "imagenet"   # imagenet | none | path to a state dict
+    size: int = 448             # training side in pixels (images are resized to a square)
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 0.01            # the head's; a pretrained backbone gets BACKBONE_LR of it
+    amp: bool = False           # float16 autocast + gradient scaling (CUDA only)
+    peak_kernel: int = 3        # window of the local maxima that peak stimulation pools
+    seed: int = 0
+    workers: int = 0            # DataLoader worker processes (0: load in this process)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights != "none"
+
+
+# ----------------------------------------------------------------------------- images and labels
+def image_tensor(rgb: np.ndarray, size: int) -> torch.Tensor:
+    """``HxWx3`` uint8 RGB -> ``FloatTensor[3, size, size]`` in 0..1, resized to a square (area
+    interpolation when shrinking, bilinear when enlarging). Training and PRM inference both
+    feed the classifier through this function."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    if (h, w) != (size, size):
+        interp = cv2.INTER_AREA if size <= h and size <= w else cv2.INTER_LINEAR
+        rgb = cv2.resize(rgb, (size, size), interpolation=interp)
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+
+
+def image_labels(ds: Dataset) -> np.ndarray:
+    """Multi-hot labels (float32[N_images, K]): image i has class k when one of its annotations
+    names category ``ds.categories[k]``."""
+    col = {c["id"]: k for k, c in enumerate(ds.categories)}
+    row = {im["id"]: i for i, im in enumerate(ds.images)}
+    y = np.zeros((len(ds.images), len(ds.categories)), dtype=np.float32)
+    for a in ds.annotations:
+        y[row[a["image_id"]], col[a["category_id"]]] = 1.0
+    return y
+
+
+def _words(seed: int) -> list[int]:
+    """A seed of any sign as two non-negative 32-bit words (numpy seeds must be non-negative)."""
+    return [seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF]
+
+
+def _rng(seed: int, epoch: int, index: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([*_words(seed), epoch, index, stream])
+
+
+_SAMPLE, _BATCH, _ORDER, _TORCH = range(4)  # independent random streams
+
+
+def _side(size: int, scale: float) -> int:
+    return max(32, int(size * scale / 16 + 0.5) * 16)
+
+
+def augment(rgb: np.ndarray, side: int, rng: np.random.Generator) -> torch.Tensor:
+    """One training view (FloatTensor[3, side, side], 0..1): resize, horizontal flip (p = 0.5),
+    then brightness, contrast and saturation factors from [0.8, 1.2], all drawn from ``rng``."""
+    flip = rng.random() < 0.5
+    brightness, contrast, saturation = rng.uniform(1 - JITTER, 1 + JITTER, size=3)
+    x = image_tensor(rgb[:, ::-1] if flip else rgb, side)
+    x = x * float(brightness)
+    grey = x[0] * 0.299 + x[1] * 0.587 + x[2] * 0.114
+    x = (x - grey.mean()) * float(contrast) + grey.mean()
+    grey = x[0] * 0.299 + x[1] * 0.587 + x[2] * 0.114
+    x = (x - grey) * float(saturation) + grey
+    return x.clamp_(0.0, 1.0)
+
+
+def batch_plan(n: int, batch_size: int, size: int, *, seed: int, epoch: int) -> list[tuple[list[int], int]]:
+    """One epoch's batches: ``(image indices, side)`` pairs. The order is a permutation drawn for
+    ``(seed, epoch)``; each batch's side is ``size`` times a scale from :data:`SCALES` drawn for
+    ``(seed, epoch, batch)``, rounded to a multiple of 16 (at least 32)."""
+    order = _rng(seed, epoch, 0, _ORDER).permutation(n).tolist()
+    plan = []
+    for b, start in enumerate(range(0, n, batch_size)):
+        scale = SCALES[int(_rng(seed, epoch, b, _BATCH).integers(len(SCALES)))]
+        plan.append((order[start:start + batch_size], _side(size, scale)))
+    return plan
+
+
+class _Failed:
+    """A sample that could not be read: the message travels back from a loader worker as data,
+    so the error stays one line (DataLoader rewraps exceptions with their traceback)."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+class TrainImages(torch.utils.data.Dataset):
+    """Augmented training samples; an item is addressed by ``(index, side, epoch)`` and is
+    ``(FloatTensor[3, side, side], FloatTensor[K] labels)``, the same for the same key in any
+    process."""
+
+    def __init__(self, paths: list[Path], labels: np.ndarray, *, seed: int, names: list[str] | None = None):
+        self.paths = [str(p) for p in paths]
+        self.names = names  # how messages name each image, e.g. "image 7 of train.json"
+        self.labels = torch.from_numpy(labels)
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: tuple[int, int, int]):
+        index, side, epoch = key
+        try:
+            rgb = read_image(self.paths[index])
+        except WsisError as e:
+            return _Failed(f"{e} ({self.names[index]})" if self.names else str(e))
+        return augment(rgb, side, _rng(self.seed, epoch, index, _SAMPLE)), self.labels[index]
+
+
+def _collate(items: list) -> Any:
+    for it in items:
+        if isinstance(it, _Failed):
+            return it
+    return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
+
+
+# ----------------------------------------------------------------------------- training
+def _data_fingerprint(ds: Dataset, labels: np.ndarray) -> str:
+    rows = [[im["id"], im["file_name"], np.flatnonzero(y).tolist()] for im, y in zip(ds.images, labels)]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+_OPTION_NAMES = {"backbone": "--backbone", "size": "--size", "peak_kernel": "peak kernel", "weights": "--weights",
+                 "batch_size": "--batch-size", "lr": "--lr", "amp": "--amp", "seed": "--seed"}
+
+
+def _check_resume(state: dict, config: dict, train: dict, out: Path) -> None:
+    old_cfg, old_train = state.get("config", {}), state.get("train", {})
+    if state.get("version") != VERSION:
+        raise WsisError(f"{out}: checkpoint version {state.get('version')} is not {VERSION}; cannot resume it")
+    for k in ("category_ids", "category_names", "num_classes"):
+        if old_cfg.get(k) != config[k]:
+            raise WsisError(f"{out}: was trained on other categories ({old_cfg.get('category_names')}); "
+                            "--resume needs the same dataset")
+    if old_train.get("data") != train["data"]:
+        raise WsisError(f"{out}: was trained on another dataset (other images or labels); "
+                        "--resume needs the same dataset")
+    for k in ("backbone", "size", "peak_kernel"):
+        if old_cfg.get(k) != config[k]:
+            raise WsisError(f"{out}: was trained with {_OPTION_NAMES[k]} {old_cfg.get(k)}, not {config[k]}; "
+                            "give the same options to --resume, or drop --resume to start afresh")
+    for k in ("weights", "batch_size", "lr", "amp", "seed"):
+        if old_train.get(k) != train[k]:
+            raise WsisError(f"{out}: was trained with {_OPTION_NAMES[k]} {old_train.get(k)}, not {train[k]}; "
+                            "give the same options to --resume, or drop --resume to start afresh")
+
+
+def _torch_seed(seed: int, epoch: int) -> int:
+    """torch's seed before epoch ``epoch`` (-1: before the model is built)."""
+    return int(_rng(seed, epoch + 1, 0, _TORCH).integers(2**62))
+
+
+def train_classifier(
+    ds: Dataset,
+    images_dir: str | os.PathLike,
+    cfg: ClassifierConfig,
+    *,
+    out: str | os.PathLike,
+    device: "str | torch.device" = "cpu",
+    resume: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train a :class:`PeakClassifier` on ``ds``'s image-level labels; checkpoint to ``out``
+    after every epoch (see the module docstring for its contents).
+
+    With ``resume``, training continues from ``out`` when it exists (its model and training
+    options, except ``epochs``, must equal ``cfg``'s); otherwise an existing ``out`` is
+    overwritten. ``progress(done, total)`` counts iterations; ``log`` gets one line per epoch and
+    any warning. Returns ``{"out", "epochs", "iterations", "resumed_from", "history"}``.
+    """
+    say = log or (lambda _msg: None)
+    out = Path(out)
+    labels = _checked_labels(ds)
+    paths = [image_path(images_dir, im, dataset=ds.path) for im in ds.images]
+    if out.is_dir():
+        raise WsisError(f"{out}: is a directory, expected a checkpoint file path")
+    dev = resolve_device(device) if isinstance(device, str) else device
+    use_amp = cfg.amp and dev.type == "cuda"
+    if cfg.amp and not use_amp:
+        say(f"warning: --amp needs CUDA; training in float32 on {dev.type}")
+
+    config = {"backbone": cfg.backbone, "num_classes": len(ds.categories),
+              "category_ids": [c["id"] for c in ds.categories],
+              "category_names": [str(c.get("name", c["id"])) for c in ds.categories],
+              "size": cfg.size, "peak_kernel": cfg.peak_kernel}
+    train = {"weights": cfg.weights, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+             "amp": cfg.amp, "seed": cfg.seed, "data": _data_fingerprint(ds, labels)}
+
+    state, start, history = None, 0, []
+    if resume and out.is_file():
+        state = load_checkpoint(out, kind=FORMAT)
+        _check_resume(state, config, train, out)
+        start, history = int(state["epoch"]), list(state["history"])
+        planned = state["train"].get("epochs", start)
+        if start >= cfg.epochs:
+            say(f"{out} already holds {start} epochs (asked for {cfg.epochs}): nothing to train")
+            return {"out": str(out), "epochs": start, "iterations": 0, "resumed_from": start, "history": history}
+        say(f"resuming {out} after epoch {start} of {planned}")
+        if planned != cfg.epochs:
+            say(f"the schedule changes from {planned} to {cfg.epochs} epochs: the cosine learning-rate decay is "
+                f"recomputed for {cfg.epochs}")
+    elif resume:
+        say(f"{out} does not exist yet: training from the start")
+
+    torch.manual_seed(_torch_seed(cfg.seed, -1))
+    # a resumed run takes every weight from the checkpoint: no ImageNet fetch needed
+    model = build_classifier(backbone=cfg.backbone, num_classes=len(ds.categories),
+                             weights=cfg.weights if state is None else "none", peak_kernel=cfg.peak_kernel)
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+        except (KeyError, RuntimeError) as e:
+            first = (str(e).strip().splitlines() or [""])[0][:160]
+            raise WsisError(f"{out}: a damaged {FORMAT} checkpoint ({type(e).__name__}: {first})") from None
+    model.to(dev)
+    base_lr = cfg.lr * (BACKBONE_LR if cfg.pretrained else 1.0)
+    optimizer = torch.optim.SGD(
+        [{"params": list(model.backbone.parameters()), "lr": base_lr, "base_lr": base_lr},
+         {"params": list(model.head.parameters()), "lr": cfg.lr, "base_lr": cfg.lr}],
+        lr=cfg.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        if use_amp and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+    del state
+
+    data = TrainImages(paths, labels, seed=cfg.seed, names=[f"image {im['id']} of {ds.path}" for im in ds.images])
+    iters = math.ceil(len(paths) / cfg.batch_size)
+    total = cfg.epochs * iters
+    say(f"training {cfg.backbone} (weights: {cfg.weights}) on {len(paths)} images, {len(ds.categories)} classes, "
+        f"on {dev}: {iters} iterations per epoch")
+    saved = start if start else None
+    try:
+        for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
+            torch.manual_seed(_torch_seed(cfg.seed, epoch))
+            plan = batch_plan(len(paths), cfg.batch_size, cfg.size, seed=cfg.seed, epoch=epoch)
+            loader = torch.utils.data.DataLoader(
+                data, batch_sampler=[[(i, side, epoch) for i in idx] for idx, side in plan], collate_fn=_collate,
+                num_workers=cfg.workers, pin_memory=dev.type == "cuda")
+            model.train()
+            loss_sum, right, seen, n_labels = 0.0, 0, 0, 0
+            for b, batch in enumerate(loader):
+                if isinstance(batch, _Failed):
+                    raise WsisError(batch.message)
+                x, y = (t.to(dev, non_blocking=True) for t in batch)
+                it = epoch * iters + b
+                for group in optimizer.param_groups:
+                    group["lr"] = group["base_lr"] * 0.5 * (1.0 + math.cos(math.pi * it / total))
+                with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
+                    scores = model.scores(x)
+                loss = F.multilabel_soft_margin_loss(scores.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                value = float(loss.item())
+                if not math.isfinite(value) and not use_amp:
+                    raise WsisError(f"training diverged (loss {value} at epoch {epoch + 1}, iteration {b + 1}): "
+                                    "lower --lr")
+                loss_sum += value * len(y)
+                right += int(((scores.detach() > 0) == (y > 0.5)).sum())
+                seen += len(y)
+                n_labels += y.numel()
+                if progress:
+                    progress(it + 1, total)
+            record = {"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": right / max(n_labels, 1),
+                      "seconds": round(time.perf_counter() - t0, 3)}
+            history.append(record)
+            save_checkpoint(out, {
+                "format": FORMAT, "version": VERSION, "wsis_version": __version__, "config": config, "train": train,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if use_amp else None, "epoch": epoch + 1, "history": history})
+            saved = epoch + 1
+            say(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f}, accuracy {record['accuracy']:.3f}, "
+                f"{record['seconds']:.1f} s")
+    except KeyboardInterrupt:
+        if saved:
+            say(f"interrupted: {out} holds {saved} of {cfg.epochs} epochs; rerun with --resume to continue")
+        raise
+    return {"out": str(out), "epochs": cfg.epochs, "iterations": (cfg.epochs - start) * iters,
+            "resumed_from": start or None, "history": history}
+
+
+def _checked_labels(ds: Dataset) -> np.ndarray:
+    if not ds.images:
+        raise WsisError(f"{ds.path}: has no images to train on")
+    if not ds.categories:
+        raise WsisError(f"{ds.path}: has no categories; the classifier needs at least one class")
+    labels = image_labels(ds)
+    if not labels.any():
+        raise WsisError(f"{ds.path}: no image has a label; the classifier learns from image-level labels "
+                        "(annotations of any kind)")
+    return labels
+
+
+# ----------------------------------------------------------------------------- loading
+def load_classifier(path: str | os.PathLike, *, device: "str | torch.device" = "cpu") -> tuple[PeakClassifier, dict]:
+    """The trained classifier in eval mode on ``device`` and its ``config`` (backbone,
+    num_classes, category_ids, category_names, size, peak_kernel). WsisError for a file that is
+    not a classifier checkpoint."""
+    state = load_checkpoint(path, kind=FORMAT)
+    if state.get("version") != VERSION:
+        raise WsisError(f"{path}: checkpoint version {state.get('version')} is not {VERSION}")
+    config = state.get("config")
+    try:
+        model = build_classifier(backbone=config["backbone"], num_classes=config["num_classes"], weights="none",
+                                 peak_kernel=config["peak_kernel"])
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise WsisError(f"{path}: a damaged {FORMAT} checkpoint ({type(e).__name__}: {first})") from None
+    dev = resolve_device(device) if isinstance(device, str) else device
+    return model.to(dev).eval(), dict(config)
