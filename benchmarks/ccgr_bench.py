@@ -136,6 +136,7 @@ def main() -> None:
     ap.add_argument("--maps", choices=("oracle", "cam", "both"), default="both")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--objectives", default="gap,mass")
+    ap.add_argument("--speed-only", action="store_true", help="skip the quality rows")
     ap.add_argument("--loop-boxes", type=int, default=300,
                     help="boxes timed in the per-box loop (a random subset; 0 = all)")
     args = ap.parse_args()
@@ -157,7 +158,7 @@ def main() -> None:
         pts = np.array([r["point"] for r in rows])
         report("start (GT shrunk to 50%)", starts, rows)
         report("threshold-map box (0.5)", threshold_boxes(planes, rows), rows)
-        for obj in args.objectives.split(","):
+        for obj in ([] if args.speed_only else args.objectives.split(",")):
             for stop in ("point", "split", "none"):
                 cfg = CCGRConfig(steps=args.steps, objective=obj, stop="point" if stop == "none" else stop)
                 t = time.perf_counter()

@@ -131,7 +131,7 @@ def prm(
     save_maps: Annotated[Path | None, typer.Option("--save-maps", file_okay=False, help="Write each image's class score maps here (<stem>.npz) for `pseudolabel ccgr`.")] = None,
     peak_kernel: Annotated[int, typer.Option("--peak-kernel", min=1, help="Peak window side (odd).")] = 3,
     peak_rel: Annotated[float, typer.Option("--peak-rel", min=0.0, max=1.0, help="IL labels (no count): keep peaks >= this x the class's strongest.")] = 0.5,
-    prm_thr: Annotated[float, typer.Option("--prm-thr", min=0.0, max=1.0, help="Instance region: PRM >= this x its maximum.")] = 0.3,
+    prm_thr: Annotated[float, typer.Option("--prm-thr", min=0.0, max=1.0, help="Instance region: PRM >= this x its maximum.")] = 0.15,
     refine: Annotated[str, typer.Option("--refine", help="grabcut (the region seeds GrabCut) or none (the region is the mask).")] = "grabcut",
     device: Device = "auto",
     shard: Shard = None,

@@ -56,7 +56,7 @@ class CCGRConfig:
     stop: str = "split"
     mask_thr: float = 0.5
     chunk: int = 8192  # boxes optimised together, at most
-    chunk_pixels: int = 32_000_000  # plane pixels of a chunk, at most (its integral images: 8 bytes each)
+    chunk_pixels: int = 96_000_000  # plane pixels of a chunk, at most (its integral images: 8 bytes each)
 
     def __post_init__(self) -> None:
         from wsis_cli.errors import WsisError
@@ -96,11 +96,18 @@ def integral_images(planes: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def _lookup(integral: torch.Tensor, plane: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Bilinear value of ``integral[plane]`` at continuous ``(x, y)`` (already clamped to the plane)."""
+def _lookup(integral: torch.Tensor, plane: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+            w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Bilinear value of ``integral[plane]`` at continuous ``(x, y)`` (already clamped to the plane,
+    whose width and height are ``w``, ``h``).
+
+    The cell is found within the plane's own size, not the padded tensor's: at its far border
+    (``x == w``) the value is read from the last cell with weight 1, so the derivative there is
+    the plane's last column (row), as it is for the largest plane of a chunk, not the flat
+    padding beyond it, and a box gets the same gradient however its chunk is padded."""
     _, hp, wp = integral.shape
-    x0 = x.detach().floor().clamp(0, wp - 2)
-    y0 = y.detach().floor().clamp(0, hp - 2)
+    x0 = torch.minimum(x.detach().floor(), w - 1).clamp(0, wp - 2)
+    y0 = torch.minimum(y.detach().floor(), h - 1).clamp(0, hp - 2)
     fx, fy = x - x0, y - y0
     base = plane * (hp * wp) + y0.long() * wp + x0.long()
     flat = integral.reshape(-1)
@@ -122,13 +129,22 @@ def box_sums(integral: torch.Tensor, plane: torch.Tensor, boxes: torch.Tensor,
         (Tensor[N], Tensor[N]): sums and clipped areas.
     """
     w, h = sizes[:, 0], sizes[:, 1]
-    x1 = torch.minimum(boxes[:, 0].clamp(min=0), w)
-    y1 = torch.minimum(boxes[:, 1].clamp(min=0), h)
-    x2 = torch.maximum(torch.minimum(boxes[:, 2], w), x1)
-    y2 = torch.maximum(torch.minimum(boxes[:, 3], h), y1)
-    s = (_lookup(integral, plane, x2, y2) - _lookup(integral, plane, x1, y2)
-         - _lookup(integral, plane, x2, y1) + _lookup(integral, plane, x1, y1))
+    zero = torch.zeros_like(w)
+    x1 = _clip(boxes[:, 0], zero, w)
+    y1 = _clip(boxes[:, 1], zero, h)
+    x2 = torch.maximum(_clip(boxes[:, 2], zero, w), x1)
+    y2 = torch.maximum(_clip(boxes[:, 3], zero, h), y1)
+    s = (_lookup(integral, plane, x2, y2, w, h) - _lookup(integral, plane, x1, y2, w, h)
+         - _lookup(integral, plane, x2, y1, w, h) + _lookup(integral, plane, x1, y1, w, h))
     return s, (x2 - x1) * (y2 - y1)
+
+
+def _clip(v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """``v`` clipped to ``[lo, hi]``, with the gradient passed on at the bounds themselves.
+
+    ``clamp`` gives a zero gradient at ``v == lo`` (and ``minimum`` half of it at ``v == hi``); a
+    side that the projection has put on the image border would then never move off it again."""
+    return torch.where(v < lo, lo, torch.where(v > hi, hi, v))
 
 
 def _context(boxes: torch.Tensor, factor: float) -> torch.Tensor:

@@ -14,7 +14,7 @@ For each image and each class it is labelled with:
 4. the instance mask, the documented rule: the PRM, resized to the image and divided by its
    maximum, thresholded at ``prm_thr``; the connected part holding the peak (else the largest)
    is the *region*. With ``refine="grabcut"``, GrabCut then runs in the region's box grown by
-   ``margin`` on each side: region pixels are probable foreground, pixels at ``2 x prm_thr``
+   ``margin`` of its side on each side (two CRM cells at least): region pixels are probable foreground, pixels at ``2 x prm_thr``
    and above sure foreground, the rest of the crop probable background, outside it background;
    its result (the part holding the peak) replaces the region unless it comes out empty.
    Pixels claimed by two instances go to the one whose normalised PRM is higher there.
@@ -43,9 +43,9 @@ REFINES = ("grabcut", "none")
 class PRMConfig:
     peak_kernel: int = 3
     peak_rel: float = 0.5  # IL labels: keep peaks >= this x the class's strongest peak
-    prm_thr: float = 0.3  # region: PRM >= this x its max
+    prm_thr: float = 0.15  # region: PRM >= this x its max
     refine: str = "grabcut"
-    margin: float = 0.15
+    margin: float = 0.5
     grabcut_iters: int = 5
     batch: int = 16  # peaks back-propagated together
     seed: int = 0
@@ -107,7 +107,7 @@ def _component_with(mask: np.ndarray, point_rc: tuple[int, int]) -> np.ndarray:
 
 
 def prm_mask(rgb: np.ndarray, prm: np.ndarray, point_xy: tuple[float, float], cfg: PRMConfig,
-             seed: int = 0) -> np.ndarray:
+             seed: int = 0, min_margin: float = 0.0) -> np.ndarray:
     """The instance mask ``bool (H, W)`` from a PRM already at the image's size (see the module
     docstring, step 4)."""
     import cv2
@@ -123,10 +123,11 @@ def prm_mask(rgb: np.ndarray, prm: np.ndarray, point_xy: tuple[float, float], cf
         return region
     ys, xs = np.nonzero(region)
     bw, bh = xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()
-    x1 = max(int(xs.min() - cfg.margin * bw) - 1, 0)
-    y1 = max(int(ys.min() - cfg.margin * bh) - 1, 0)
-    x2 = min(int(xs.max() + 1 + cfg.margin * bw) + 1, w)
-    y2 = min(int(ys.max() + 1 + cfg.margin * bh) + 1, h)
+    mx, my = max(cfg.margin * bw, min_margin), max(cfg.margin * bh, min_margin)
+    x1 = max(int(xs.min() - mx) - 1, 0)
+    y1 = max(int(ys.min() - my) - 1, 0)
+    x2 = min(int(xs.max() + 1 + mx) + 1, w)
+    y2 = min(int(ys.max() + 1 + my) + 1, h)
     crop = np.ascontiguousarray(rgb[y1:y2, x1:x2, ::-1])  # OpenCV wants BGR
     seeds = np.full((y2 - y1, x2 - x1), cv2.GC_PR_BGD, np.uint8)
     r = region[y1:y2, x1:x2]
@@ -208,7 +209,8 @@ def image_instances(model, rgb: np.ndarray, labels: dict[int, int | None], confi
         full = cv2.resize(prm, (w, h), interpolation=cv2.INTER_LINEAR)
         top = full.max()
         norm_maps.append(full / top if top > 0 else full)
-        inst["mask"] = prm_mask(rgb, full, inst["point"], cfg, seed=cfg.seed)
+        inst["mask"] = prm_mask(rgb, full, inst["point"], cfg, seed=cfg.seed,
+                                min_margin=2 * stride[0] * max(sx, sy))
         inst["score"] = float(1 / (1 + np.exp(-inst["peak"])))
     if len(found) > 1:  # a pixel claimed twice goes to the instance whose PRM is higher there
         stack = np.stack([m["mask"] for m in found])

@@ -62,9 +62,9 @@ def read_score_maps(path: str | os.PathLike, *, height: int, width: int, record:
             scores, ids = z["scores"], z["category_ids"]
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise InputError(str(path), f"not a readable .npz file ({e})", record) from None
-    if scores.ndim != 3 or ids.ndim != 1 or scores.shape[0] != ids.shape[0]:
-        raise InputError(str(path), f"'scores' must be (K, H, W) and 'category_ids' (K,), got {scores.shape} "
-                                    f"and {ids.shape}", record)
+    if scores.ndim != 3 or ids.ndim != 1 or scores.shape[0] != ids.shape[0] or 0 in scores.shape[1:]:
+        raise InputError(str(path), f"'scores' must be (K, H, W) with H, W > 0 and 'category_ids' (K,), got "
+                                    f"{scores.shape} and {ids.shape}", record)
     if not np.issubdtype(ids.dtype, np.integer):
         raise InputError(str(path), f"'category_ids' must be integers, got {ids.dtype}", record)
     if not (np.issubdtype(scores.dtype, np.floating) or np.issubdtype(scores.dtype, np.integer)):
