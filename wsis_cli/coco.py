@@ -37,6 +37,7 @@ __all__ = [
     "read_json",
     "read_bytes",
     "write_json",
+    "write_atomic",
     "load_dataset",
     "parse_dataset",
     "load_results",
@@ -125,21 +126,31 @@ def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = None) 
         sys.stdout.flush()
         return
     target = Path(name)
-    if target.is_dir():
-        raise WsisError(f"{name}: is a directory, expected an output file path")
-    try:
-        if target.exists() and not target.is_file():  # /dev/null, a named pipe: write in place
+    if target.exists() and not target.is_dir() and not target.is_file():  # /dev/null, a pipe: in place
+        try:
             with open(target, "w", encoding="utf-8") as fh:
                 fh.write(text + "\n")
-            return
+        except OSError as e:
+            raise WsisError(f"{name}: cannot write: {e.strerror or e}") from None
+        return
+    write_atomic(target, lambda fh: fh.write(text + "\n"), binary=False, what="an output file")
+
+
+def write_atomic(path: str | os.PathLike, write: Any, *, binary: bool = True, what: str = "a file") -> None:
+    """Call ``write(fh)`` on a temp file in ``path``'s folder, fsync it, then rename it to
+    ``path``: a failure or a kill never leaves a half-written file there. OSErrors become
+    one-line WsisErrors naming ``path``."""
+    target = Path(path)
+    if target.is_dir():
+        raise WsisError(f"{target}: is a directory, expected {what} path")
+    try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     except OSError as e:
-        raise WsisError(f"{name}: cannot write: {e.strerror or e}") from None
+        raise WsisError(f"{target}: cannot write: {e.strerror or e}") from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.write("\n")
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
@@ -149,7 +160,7 @@ def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = None) 
         except FileNotFoundError:
             pass
         if isinstance(e, OSError):
-            raise WsisError(f"{name}: cannot write: {e.strerror or e}") from None
+            raise WsisError(f"{target}: cannot write: {e.strerror or e}") from None
         raise
 
 

@@ -4,7 +4,6 @@ with ``weights_only=True`` (so they hold only tensors, dicts, lists, str, int, f
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,28 +17,9 @@ def save_checkpoint(path: str | os.PathLike, obj: dict[str, Any]) -> None:
     :func:`os.replace`, so a kill mid-write leaves the previous checkpoint whole."""
     import torch
 
-    target = Path(path)
-    if target.is_dir():
-        raise WsisError(f"{target}: is a directory, expected a checkpoint file path")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    except OSError as e:
-        raise WsisError(f"{target}: cannot write: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError):
-            raise WsisError(f"{target}: cannot write: {e.strerror or e}") from None
-        raise
+    from wsis_cli.coco import write_atomic
+
+    write_atomic(path, lambda fh: torch.save(obj, fh), what="a checkpoint file")
 
 
 def load_checkpoint(path: str | os.PathLike, *, kind: str) -> dict[str, Any]:

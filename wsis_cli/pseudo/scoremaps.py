@@ -29,22 +29,14 @@ def map_path(maps_dir: str | os.PathLike, image: dict) -> Path:
 
 def write_score_maps(path: str | os.PathLike, scores: np.ndarray, category_ids) -> None:
     """Write one image's maps atomically (``scores`` is cast to float32, clipped to 0..1)."""
-    import tempfile
 
     scores = np.clip(np.asarray(scores, dtype=np.float32), 0.0, 1.0)
     ids = np.asarray(category_ids, dtype=np.int64)
     if scores.ndim != 3 or scores.shape[0] != ids.shape[0]:
         raise ValueError(f"scores must be (K, H, W) with K = len(category_ids), got {scores.shape} and {ids.shape}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, scores=scores, category_ids=ids)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from wsis_cli.coco import write_atomic
+
+    write_atomic(path, lambda fh: np.savez_compressed(fh, scores=scores, category_ids=ids), what="a score map file")
 
 
 def read_score_maps(path: str | os.PathLike, *, height: int, width: int, record: str) -> dict[int, np.ndarray]:
