@@ -76,3 +76,16 @@ def two_images() -> dict:
     m3 = rect_mask(40, 40, 10, 10, 30, 30)
     return make_dataset([(1, 40, 40), (2, 40, 40)],
                         [ann(1, 1, m1, 1), ann(2, 1, m2, 2), ann(3, 2, m3, 1)])
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (use with ``pytestmark = pytest.mark.usefixtures(...)``): on a
+    shared 2-core machine two threads per process fight for the cores and a test takes many times
+    longer; one thread keeps the runtime steady."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

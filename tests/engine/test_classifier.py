@@ -17,14 +17,7 @@ from wsis_cli.models.classifier import build_classifier, peak_mask, peak_stimula
 from wsis_cli.synth import synthesize
 from wsis_cli.weaken import weaken
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a shared 2-core machine, two threads per process fight for the cores
-    and a test takes many times longer; one thread keeps the runtime steady."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = dict(backbone="resnet18", weights="none", size=64, batch_size=4, lr=0.01, seed=3)

@@ -14,12 +14,7 @@ from wsis_cli.errors import WsisError
 from wsis_cli.pseudo.ccgr import CCGRConfig, box_sums, crop_masks, integral_images, refine_boxes, stop_points
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -152,9 +152,12 @@ def prm(
 
     try:
         part = parse_shard(shard)
+    except WsisError as e:
+        raise typer.BadParameter(str(e), param_hint="--shard") from None
+    try:
         dev = resolve_device(device)
     except WsisError as e:
-        raise typer.BadParameter(str(e), param_hint="--shard" if "shard" in str(e) else "--device") from None
+        raise typer.BadParameter(str(e), param_hint="--device") from None
     cfg = PRMConfig(peak_kernel=peak_kernel, peak_rel=peak_rel, prm_thr=prm_thr, refine=refine, seed=seed)
     ds = load_dataset(labels)
     net, config = load_classifier(model, device=dev)

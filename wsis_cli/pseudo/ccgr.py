@@ -358,7 +358,7 @@ def ccgr_dataset(ds, maps_dir, cfg: CCGRConfig, *, progress=None) -> tuple[list[
     ``bbox``, a mask (plane > ``mask_thr`` inside the box), its ``area`` and
     ``"wsis": {..., "box_before": [x, y, w, h]}``.
     """
-    from wsis_cli.boxes import xywh_to_xyxy, xyxy_to_xywh
+    from wsis_cli.boxes import box_iou, xywh_to_xyxy, xyxy_to_xywh
     from wsis_cli.coco import ann_record, mask_to_rle
     from wsis_cli.errors import InputError
     from wsis_cli.pseudo.scoremaps import map_path, read_score_maps
@@ -409,12 +409,10 @@ def ccgr_dataset(ds, maps_dir, cfg: CCGRConfig, *, progress=None) -> tuple[list[
                           dtype=np.float64).reshape(-1, 2)
         others = stop_points(points, boxes, pidx, cfg.stop)
         refined = refine_boxes(planes, pidx, boxes, cfg, points=points, others=others)
-        from wsis_cli.boxes import box_iou
-
+        moved.extend(float(box_iou(b[None], r[None])[0, 0]) for b, r in zip(boxes, refined))
         for (_im, a, p), before, after in zip(rows, boxes, refined):
             mask = crop_masks(planes[p], after[None], cfg.mask_thr)[0]
             summary["empty_masks"] += int(not mask.any())
-            moved.append(float(box_iou(before[None], after[None])[0, 0]))
             rec = dict(a)
             rec["bbox"] = [round(float(v), 2) for v in xyxy_to_xywh(after[None])[0]]
             rec["segmentation"] = mask_to_rle(mask)
