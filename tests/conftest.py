@@ -89,3 +89,36 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# The tiny Mask R-CNN that several test modules share: trained once per session through the CLI
+# on a few synthetic images until it fits them (tests/engine/test_overfit.py holds it to that).
+DETECTOR_TRAIN = ["--backbone", "resnet18", "--weights", "none", "--epochs", "80", "--batch-size", "4",
+                  "--lr", "0.03", "--warmup-iters", "10", "--min-size", "128", "--max-size", "128",
+                  "--fpn-channels", "64", "--head-channels", "256", "--no-scale-jitter", "--keep-epochs", "0",
+                  "--iou-head", "--iou-epochs", "20", "--iou-lr", "0.003", "--device", "cpu", "--seed", "0"]
+
+
+@pytest.fixture(scope="session")
+def trained_detector(tmp_path_factory) -> dict:
+    """``{"data": folder with gt.json and images/, "gt", "images", "run"}``: a tiny Mask R-CNN
+    with an IoU head, trained on the 4 images of ``data``."""
+    import torch
+
+    from wsis_cli.cli.app import app
+
+    root = tmp_path_factory.mktemp("detector")
+    runner = CliRunner()
+    r = runner.invoke(app, ["data", "synth", "--out", str(root / "data"), "--n", "4", "--size", "128",
+                            "--classes", "2", "--seed", "2"])  # 14 objects, the smallest 9x9 px
+    assert r.exit_code == 0, r.output
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        r = runner.invoke(app, ["train", "maskrcnn", str(root / "data" / "gt.json"), "--images",
+                                str(root / "data" / "images"), "--out", str(root / "run"), *DETECTOR_TRAIN])
+    finally:
+        torch.set_num_threads(before)
+    assert r.exit_code == 0, r.output
+    return {"data": root / "data", "gt": root / "data" / "gt.json", "images": root / "data" / "images",
+            "run": root / "run"}

@@ -229,6 +229,27 @@ def supervision_level(ann: dict) -> str:
     return "ilc"
 
 
+def labels_of(anns: list[dict]) -> dict[int, int | None]:
+    """``{category_id: count}`` of one image's annotations: a compact ``"count": k`` counts k, a
+    ``"count": null`` (IL label) makes the class's count unknown (None), any other annotation
+    (one per instance: IL+C, box or mask) counts 1. Crowd regions add no count."""
+    counts: dict[int, int | None] = {}
+    unknown: set[int] = set()
+    for a in anns:
+        c = a["category_id"]
+        counts.setdefault(c, 0)
+        if "count" in a:
+            if a["count"] is None:
+                unknown.add(c)
+            else:
+                counts[c] = (counts[c] or 0) + int(a["count"])
+        elif not a.get("iscrowd"):
+            counts[c] = (counts[c] or 0) + 1
+        else:
+            unknown.add(c)
+    return {c: (None if c in unknown else n) for c, n in counts.items()}
+
+
 def ann_record(ann: dict) -> str:
     """How an error names an annotation: ``annotation 17 (image 3)``."""
     return f"annotation {ann.get('id')} (image {ann.get('image_id')})"

@@ -20,13 +20,19 @@ def _same(a: dict, b: dict) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
-def merge_datasets(datasets: list[Dataset]) -> Dataset:
+def merge_datasets(datasets: list[Dataset], *, renumber: bool = False) -> Dataset:
+    """Join ``datasets`` (see the module docstring). With ``renumber``, annotations are not
+    matched by id: every input's annotations are kept and numbered 1..N in input order (for
+    label sets from different sources, e.g. strong masks plus pseudo-labels, whose ids clash);
+    an image still may not hold annotations from two inputs."""
     if not datasets:
         raise WsisError("nothing to merge")
     first = datasets[0]
     cats = {c["id"]: c for c in first.categories}
     images: dict[int, tuple[dict, str]] = {}
     anns: dict[int, tuple[dict, str]] = {}
+    owners: dict[int, str] = {}
+    renumbered: list[dict] = []
     for ds in datasets:
         mine = {c["id"]: c for c in ds.categories}
         if mine.keys() != cats.keys() or any(mine[k]["name"] != cats[k]["name"] for k in cats):
@@ -38,6 +44,15 @@ def merge_datasets(datasets: list[Dataset]) -> Dataset:
                 images[im["id"]] = (im, ds.path)
             elif not _same(seen[0], im):
                 raise InputError(ds.path, f"differs from the record of the same id in {seen[1]}", f"image {im['id']}")
+        if renumber:
+            for a in ds.annotations:
+                owner = owners.setdefault(a["image_id"], ds.path)
+                if owner != ds.path:
+                    raise InputError(ds.path, f"has annotations of image {a['image_id']}, as {owner} has; with "
+                                              "--renumber each image's labels must come from one input",
+                                     f"annotation {a['id']} (image {a['image_id']})")
+                renumbered.append({**a, "id": len(renumbered) + 1})
+            continue
         for a in ds.annotations:
             seen = anns.get(a["id"])
             if seen is None:
@@ -45,6 +60,7 @@ def merge_datasets(datasets: list[Dataset]) -> Dataset:
             elif not _same(seen[0], a):
                 raise InputError(ds.path, f"differs from the record of the same id in {seen[1]}",
                                  f"annotation {a['id']} (image {a['image_id']})")
-    return Dataset(images=[images[k][0] for k in sorted(images)], annotations=[anns[k][0] for k in sorted(anns)],
+    annotations = renumbered if renumber else [anns[k][0] for k in sorted(anns)]
+    return Dataset(images=[images[k][0] for k in sorted(images)], annotations=annotations,
                    categories=first.categories, info={k: v for k, v in first.info.items() if k != "wsis"},
                    licenses=first.licenses, path="<merged>")

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from wsis_cli.models.classifier import PeakClassifier
-from wsis_cli.pseudo.prm import PRMConfig, image_instances, labels_of, peak_response_maps, prm_mask
+from wsis_cli.coco import labels_of
+from wsis_cli.pseudo.prm import PRMConfig, image_instances, peak_response_maps, prm_mask
 
 
 class ToyBackbone(nn.Module):

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from wsis_cli import __version__
-from wsis_cli.cli import budget, data, evaluate, pseudolabel, select, show, train
+from wsis_cli.cli import budget, data, evaluate, predict, pseudolabel, score_iou, select, show, train
 
 app = typer.Typer(
     name="wsis",
@@ -36,6 +36,8 @@ def root(
 app.add_typer(data.app, name="data")
 app.add_typer(pseudolabel.app, name="pseudolabel")
 app.add_typer(train.app, name="train")
+app.command("predict")(predict.predict)
+app.command("score-iou")(score_iou.score_iou)
 app.command("budget")(budget.budget)
 app.command("select")(select.select)
 app.command("evaluate")(evaluate.evaluate)

@@ -158,9 +158,12 @@ def subset(
 def merge(
     datasets: Annotated[list[str], typer.Argument(help="COCO datasets with one label set (e.g. shard outputs).")],
     out: Out = "-",
+    renumber: Annotated[bool, typer.Option("--renumber", help="Number the annotations 1..N in input order instead "
+                                                              "of matching them by id (e.g. strong masks + "
+                                                              "pseudo-labels, whose ids clash).")] = False,
 ) -> None:
     """Join datasets (e.g. `--shard K/N` outputs): ids kept, images and annotations by id,
-    an id with two different records is an error."""
+    an id with two different records is an error (with --renumber, annotations get new ids)."""
     import json
 
     from wsis_cli.coco import load_dataset, provenance
@@ -169,14 +172,14 @@ def merge(
     if sum(d == "-" for d in datasets) > 1:
         raise typer.BadParameter("stdin ('-') can be read once", param_hint="DATASETS")
     parts = [load_dataset(d) for d in datasets]
-    merged = merge_datasets(parts)
+    merged = merge_datasets(parts, renumber=renumber)
     inputs = [p.info.get("wsis") for p in parts]
     made = {json.dumps({k: v for k, v in (w.get("options") or {}).items() if k not in ("shard", "boxes")},
                        sort_keys=True, default=str)
             for w in inputs if isinstance(w, dict)}
     if len(made) > 1:
         warn("the inputs were made with different options (see info.wsis.inputs of the output)")
-    prov = provenance("data merge", {"datasets": datasets})
+    prov = provenance("data merge", {"datasets": datasets, "renumber": renumber})
     prov["inputs"] = inputs
     write_output(out, merged.to_json(prov))
     info(f"{len(merged.images)} images, {len(merged.annotations)} annotations from {len(datasets)} files")

@@ -229,3 +229,53 @@ def ccgr(
     if summary["empty_masks"]:
         msg += f"; {summary['empty_masks']} masks empty (no score above --mask-thr in the box)"
     info(msg)
+
+
+@app.command("net")
+@cli_errors
+def net(
+    weak: Annotated[str, typer.Argument(metavar="WEAK.json", help="COCO dataset of weak labels (IL+C, IL, boxes; "
+                                                                  "masks are kept); '-' = stdin.")],
+    images: ImagesDir,
+    model: Annotated[Path, typer.Option("--model", exists=True, help="Annotation network: a run of `wsis train "
+                                                                     "maskrcnn` (its best.pt) or a checkpoint.")],
+    out: Out = "-",
+    rank: Annotated[str, typer.Option("--rank", help="IL+C labels: keep each class's k best detections by score or "
+                                                     "by predicted iou (needs the IoU head).")] = "score",
+    score_thr: Annotated[float, typer.Option("--score-thr", min=0.0, max=1.0,
+                                             help="IL labels (no count): keep detections scoring at least this.")
+                         ] = 0.05,
+    device: Device = "auto",
+) -> None:
+    """Pseudo-label a weak pool with a trained model (BASIS annotation network).
+
+    For each image: IL+C labels keep the k best detections of each labelled class (count k);
+    IL labels keep those scoring at least --score-thr; a box label gets the mask the model
+    predicts inside it; full masks stay. Detections of unlabelled classes are dropped. Writes a
+    training-ready COCO dataset whose instances carry `score` and, with the IoU head, `iou`.
+    """
+    from wsis_cli.coco import display_name, load_dataset
+    from wsis_cli.engine.device import resolve_device
+    from wsis_cli.errors import WsisError
+    from wsis_cli.inference import net_pseudolabels
+
+    if rank not in ("score", "iou"):
+        raise typer.BadParameter("must be score or iou", param_hint="--rank")
+    try:
+        dev = resolve_device(device)
+    except WsisError as e:
+        raise typer.BadParameter(str(e), param_hint="--device") from None
+    ds = load_dataset(weak)
+    with progress_bar("pseudolabel net") as progress:
+        result, summary = net_pseudolabels(ds, images, model, device=dev, rank=rank, score_thr=score_thr,
+                                           options={"weak": display_name(weak), "images": str(images),
+                                                    "model": str(model)}, progress=progress)
+    write_output(out, result.to_json())
+    by = ", ".join(f"{k} {v}" for k, v in summary.get("by_source", {}).items() if v)
+    line = f"{summary.get('instances', len(result.annotations))} instances in {len(result.images)} images ({by})"
+    if summary.get("images_short"):
+        line += f"; {summary['images_short']} images with fewer detections than their counts"
+    if summary.get("unlabelled_images"):
+        line += (f"; {summary['unlabelled_images']} labelled images left out (nothing found in them, and training "
+                 "would take them for background)")
+    info(line)

@@ -74,3 +74,113 @@ def classifier(
         h = summary["history"]
         info(f"wrote {out}: {summary['epochs']} epochs, loss {h[0]['loss']:.4f} (epoch 1) -> {h[-1]['loss']:.4f}, "
              f"accuracy {h[-1]['accuracy']:.3f}")
+
+
+DETECTOR_BACKBONES = ("resnet50", "resnet18", "mobilenet_v3")
+IOU_TARGETS = ("iou", "sqrt", "square")
+
+
+@app.command("maskrcnn")
+@cli_errors
+def maskrcnn(
+    train_json: Annotated[str, typer.Argument(metavar="TRAIN.json", help="COCO dataset: annotations with masks train "
+                                                                         "everything, box-only ones the box branch; "
+                                                                         "'-' = stdin.")],
+    images: ImagesDir,
+    out: Annotated[Path | None, typer.Option("--out", "-o", file_okay=False,
+                                             help="Run folder: config.json, metrics.jsonl, last.pt, best.pt, "
+                                                  "epochs/.")] = None,
+    backbone: Annotated[str, typer.Option("--backbone", help="resnet50, resnet18 or mobilenet_v3 (with FPN).")
+                        ] = "resnet50",
+    weights: Annotated[str, typer.Option("--weights", help="imagenet (the backbone's), coco (torchvision's COCO "
+                                                           "detector; class layers random), none (random) or a local "
+                                                           ".pth file; imagenet/coco are downloaded once to the torch "
+                                                           "hub cache, so offline use none or a path.")] = "imagenet",
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Segmentation epochs.")] = 12,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per step (per process).")] = 2,
+    lr: Annotated[float, typer.Option("--lr", help="SGD learning rate after warm-up (cosine decay).")] = 0.02,
+    warmup_iters: Annotated[int, typer.Option("--warmup-iters", min=0, help="Linear warm-up iterations from lr/1000 "
+                                                                            "(at most a quarter of the run).")] = 200,
+    min_size: Annotated[int, typer.Option("--min-size", min=16, help="Shorter image side fed to the model.")] = 800,
+    max_size: Annotated[int, typer.Option("--max-size", min=16, help="Longer side cap.")] = 1333,
+    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.")] = True,
+    scale_jitter: Annotated[bool, typer.Option("--scale-jitter/--no-scale-jitter",
+                                               help="Train at 0.8-1.2x --min-size.")] = True,
+    amp: Annotated[bool, typer.Option("--amp", help="Mixed precision on CUDA; ignored on CPU.")] = False,
+    device: Device = "auto",
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Data-loading worker processes.")] = 0,
+    val: Annotated[str | None, typer.Option("--val", help="Validation COCO dataset with masks: mAP@0.5 after every "
+                                                          "epoch picks best.pt.")] = None,
+    val_images: Annotated[Path | None, typer.Option("--val-images", exists=True, file_okay=False,
+                                                    help="Image folder of --val (default: --images).")] = None,
+    only_valid: Annotated[bool, typer.Option("--only-valid", help="Leave out annotations whose wsis.valid is false "
+                                                                  "(the hybrid paper's large branch).")] = False,
+    boxes_only: Annotated[bool, typer.Option("--boxes-only", help="Train a Faster R-CNN detector on boxes (the "
+                                                                  "hybrid paper's small branch).")] = False,
+    iou_head: Annotated[bool, typer.Option("--iou-head", help="Add a mask-IoU branch, trained after segmentation "
+                                                              "with everything else frozen.")] = False,
+    iou_target: Annotated[str, typer.Option("--iou-target", help="What the IoU branch regresses: iou, sqrt or "
+                                                                 "square of the IoU.")] = "sqrt",
+    iou_epochs: Annotated[int, typer.Option("--iou-epochs", min=1, help="Epochs of IoU-branch training.")] = 3,
+    iou_lr: Annotated[float, typer.Option("--iou-lr", help="Adam learning rate of the IoU branch.")] = 1e-3,
+    fpn_channels: Annotated[int, typer.Option("--fpn-channels", min=8, help="FPN and mask-head width.")] = 256,
+    head_channels: Annotated[int, typer.Option("--head-channels", min=8, help="Box-head MLP width.")] = 1024,
+    keep_epochs: Annotated[int, typer.Option("--keep-epochs", min=-1, help="Per-epoch model files kept in "
+                                                                           "RUN/epochs (-1: all, 0: none).")] = 3,
+    resume: Annotated[Path | None, typer.Option("--resume", file_okay=False,
+                                                help="Continue the run in this folder from its last.pt (same options; "
+                                                     "--epochs may grow).")] = None,
+    seed: Seed = 0,
+) -> None:
+    """Train a Mask R-CNN (or a Faster R-CNN with --boxes-only) on any mix of masks and boxes.
+
+    Under `torchrun --nproc-per-node K -m wsis_cli train maskrcnn ...` it trains with
+    DistributedDataParallel (gloo on CPU, NCCL on GPU); rank 0 writes the run folder.
+    Writes nothing to stdout.
+    """
+    from wsis_cli.coco import load_dataset
+    from wsis_cli.engine.device import resolve_device
+    from wsis_cli.errors import WsisError
+
+    if backbone not in DETECTOR_BACKBONES:
+        raise typer.BadParameter(f"must be one of {', '.join(DETECTOR_BACKBONES)}", param_hint="--backbone")
+    if iou_target not in IOU_TARGETS:
+        raise typer.BadParameter(f"must be one of {', '.join(IOU_TARGETS)}", param_hint="--iou-target")
+    for name, value in (("--lr", lr), ("--iou-lr", iou_lr)):
+        if not value > 0:
+            raise typer.BadParameter("must be a positive number", param_hint=name)
+    if boxes_only and iou_head:
+        raise typer.BadParameter("the IoU branch reads the mask head; --boxes-only has none", param_hint="--iou-head")
+    if out is None and resume is None:
+        raise typer.BadParameter("give the run folder (--out RUN/, or --resume RUN/)", param_hint="--out")
+    if out is not None and resume is not None and out.resolve() != resume.resolve():
+        raise typer.BadParameter(f"--resume {resume} and --out {out} differ; give one", param_hint="--resume")
+    run = resume if resume is not None else out
+    if run.exists() and not run.is_dir():
+        raise typer.BadParameter(f"{run} is a file; give a folder", param_hint="--out")
+    if val is None and val_images is not None:
+        raise typer.BadParameter("goes with --val", param_hint="--val-images")
+    try:
+        dev = resolve_device(device)
+    except WsisError as e:
+        raise typer.BadParameter(str(e), param_hint="--device") from None
+    if weights not in ("imagenet", "coco", "none") and not Path(weights).is_file():
+        raise typer.BadParameter(f"{weights}: no such file (give imagenet, coco, none or a local .pth file)",
+                                 param_hint="--weights")
+    from wsis_cli.engine.detector import DetectorConfig, train_detector
+
+    ds = load_dataset(train_json)
+    val_pair = (load_dataset(val), val_images or images) if val is not None else None
+    cfg = DetectorConfig(backbone=backbone, weights=weights, epochs=epochs, batch_size=batch_size, lr=lr,
+                         warmup_iters=warmup_iters, min_size=min_size, max_size=max_size, flip=flip,
+                         scale_jitter=scale_jitter, amp=amp, seed=seed, workers=workers, only_valid=only_valid,
+                         boxes_only=boxes_only, iou_head=iou_head, iou_target=iou_target, iou_epochs=iou_epochs,
+                         iou_lr=iou_lr, fpn_channels=fpn_channels, head_channels=head_channels,
+                         keep_epochs=keep_epochs)
+    with progress_bar("training", unit="it") as progress:
+        summary = train_detector(ds, images, cfg, run=run, device=dev, resume=resume is not None, val=val_pair,
+                                 progress=progress, log=info)
+    if summary["iterations"] and summary["history"] and summary.get("rank", 0) == 0:
+        h, best = summary["history"], summary["best"]
+        extra = f", best val mAP@0.5 {best['map50']:.3f} (epoch {best['epoch']})" if best.get("map50") is not None else ""
+        info(f"wrote {run}: {summary['epochs']} epochs, loss {h[0]['loss']:.4f} -> {h[-1]['loss']:.4f}{extra}")

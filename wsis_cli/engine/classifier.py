@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from wsis_cli import __version__
 from wsis_cli.coco import Dataset
 from wsis_cli.engine.checkpoint import load_checkpoint, save_checkpoint
+from wsis_cli.engine.common import FailedSample, damaged_checkpoint, keyed_rng
 from wsis_cli.engine.device import resolve_device
 from wsis_cli.errors import WsisError
 from wsis_cli.images import image_path, read_image
@@ -109,15 +110,6 @@ def image_labels(ds: Dataset) -> np.ndarray:
     return y
 
 
-def _words(seed: int) -> list[int]:
-    """A seed of any sign as two non-negative 32-bit words (numpy seeds must be non-negative)."""
-    return [seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF]
-
-
-def _rng(seed: int, epoch: int, index: int, stream: int) -> np.random.Generator:
-    return np.random.default_rng([*_words(seed), epoch, index, stream])
-
-
 _SAMPLE, _BATCH, _ORDER, _TORCH = range(4)  # independent random streams
 
 
@@ -143,20 +135,12 @@ def batch_plan(n: int, batch_size: int, size: int, *, seed: int, epoch: int) -> 
     """One epoch's batches: ``(image indices, side)`` pairs. The order is a permutation drawn for
     ``(seed, epoch)``; each batch's side is ``size`` times a scale from :data:`SCALES` drawn for
     ``(seed, epoch, batch)``, rounded to a multiple of 16 (at least 32)."""
-    order = _rng(seed, epoch, 0, _ORDER).permutation(n).tolist()
+    order = keyed_rng(seed, epoch, 0, _ORDER).permutation(n).tolist()
     plan = []
     for b, start in enumerate(range(0, n, batch_size)):
-        scale = SCALES[int(_rng(seed, epoch, b, _BATCH).integers(len(SCALES)))]
+        scale = SCALES[int(keyed_rng(seed, epoch, b, _BATCH).integers(len(SCALES)))]
         plan.append((order[start:start + batch_size], _side(size, scale)))
     return plan
-
-
-class _Failed:
-    """A sample that could not be read: the message travels back from a loader worker as data,
-    so the error stays one line (DataLoader rewraps exceptions with their traceback)."""
-
-    def __init__(self, message: str):
-        self.message = message
 
 
 class TrainImages(torch.utils.data.Dataset):
@@ -178,13 +162,13 @@ class TrainImages(torch.utils.data.Dataset):
         try:
             rgb = read_image(self.paths[index])
         except WsisError as e:
-            return _Failed(f"{e} ({self.names[index]})" if self.names else str(e))
-        return augment(rgb, side, _rng(self.seed, epoch, index, _SAMPLE)), self.labels[index]
+            return FailedSample(f"{e} ({self.names[index]})" if self.names else str(e))
+        return augment(rgb, side, keyed_rng(self.seed, epoch, index, _SAMPLE)), self.labels[index]
 
 
 def _collate(items: list) -> Any:
     for it in items:
-        if isinstance(it, _Failed):
+        if isinstance(it, FailedSample):
             return it
     return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
 
@@ -222,7 +206,7 @@ def _check_resume(state: dict, config: dict, train: dict, out: Path) -> None:
 
 def _torch_seed(seed: int, epoch: int) -> int:
     """torch's seed before epoch ``epoch`` (-1: before the model is built)."""
-    return int(_rng(seed, epoch + 1, 0, _TORCH).integers(2**62))
+    return int(keyed_rng(seed, epoch + 1, 0, _TORCH).integers(2**62))
 
 
 def train_classifier(
@@ -286,8 +270,7 @@ def train_classifier(
         try:
             model.load_state_dict(state["model"])
         except (KeyError, RuntimeError) as e:
-            first = (str(e).strip().splitlines() or [""])[0][:160]
-            raise WsisError(f"{out}: a damaged {FORMAT} checkpoint ({type(e).__name__}: {first})") from None
+            raise damaged_checkpoint(out, FORMAT, e) from None
     model.to(dev)
     base_lr = cfg.lr * (BACKBONE_LR if cfg.pretrained else 1.0)
     optimizer = torch.optim.SGD(
@@ -318,7 +301,7 @@ def train_classifier(
             model.train()
             loss_sum, right, seen, n_labels = 0.0, 0, 0, 0
             for b, batch in enumerate(loader):
-                if isinstance(batch, _Failed):
+                if isinstance(batch, FailedSample):
                     raise WsisError(batch.message)
                 x, y = (t.to(dev, non_blocking=True) for t in batch)
                 it = epoch * iters + b
@@ -385,7 +368,6 @@ def load_classifier(path: str | os.PathLike, *, device: "str | torch.device" = "
                                  peak_kernel=config["peak_kernel"])
         model.load_state_dict(state["model"])
     except (KeyError, TypeError, RuntimeError) as e:
-        first = (str(e).strip().splitlines() or [""])[0][:160]
-        raise WsisError(f"{path}: a damaged {FORMAT} checkpoint ({type(e).__name__}: {first})") from None
+        raise damaged_checkpoint(path, FORMAT, e) from None
     dev = resolve_device(device) if isinstance(device, str) else device
     return model.to(dev).eval(), dict(config)

@@ -17,7 +17,7 @@ from torch import nn
 
 from wsis_cli.errors import WsisError
 
-__all__ = ["BACKBONES", "ResNetFeatures", "build_resnet", "resolve_weights"]
+__all__ = ["BACKBONES", "ResNetFeatures", "build_resnet", "resolve_weights", "hub_state_dict"]
 
 # name -> (torchvision builder name, weights enum name, channels of the last stage)
 BACKBONES = {
@@ -80,16 +80,17 @@ def _load_state_dict(path: str) -> dict:
     return sd
 
 
-def _imagenet_state_dict(url: str) -> dict:
-    """torchvision's ImageNet weights from the torch hub cache, downloaded there first when absent
-    (the "Downloading" line torch prints goes to stderr, not stdout)."""
+def hub_state_dict(url: str, option: str = "imagenet") -> dict:
+    """torchvision's weights (ImageNet, or COCO for ``option="coco"``) from the torch hub cache,
+    downloaded there first when absent (the "Downloading" line torch prints goes to stderr, not
+    stdout)."""
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     try:
         with contextlib.redirect_stdout(sys.stderr):
             return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, check_hash=True,
                                                       weights_only=True)
     except Exception as e:  # noqa: BLE001 - offline (URLError is an OSError), a torn or foreign cache file
-        raise WsisError(f"--weights imagenet: cannot fetch {url} ({type(e).__name__}); offline, use --weights none "
+        raise WsisError(f"--weights {option}: cannot fetch {url} ({type(e).__name__}); offline, use --weights none "
                         f"or a local file (--weights PATH), or put the file in {hub}") from None
 
 
@@ -108,7 +109,7 @@ def build_resnet(name: str, *, weights: str = "none") -> ResNetFeatures:
     if weights == "imagenet":
         url = getattr(torchvision.models, enum_name).IMAGENET1K_V1.url
         try:
-            resnet.load_state_dict(_imagenet_state_dict(url))
+            resnet.load_state_dict(hub_state_dict(url))
         except RuntimeError as e:  # a cache file that holds other weights
             first = (str(e).strip().splitlines() or [""])[0]
             raise WsisError(f"--weights imagenet: the cached file for {url} does not fit {name} ({first})") from None

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsis_cli.coco import labels_of
 from wsis_cli.pseudo.peaks import find_peaks, subpixel
 
 __all__ = ["PRMConfig", "REFINES", "image_instances", "peak_response_maps", "prm_mask"]
@@ -228,27 +229,6 @@ def image_instances(model, rgb: np.ndarray, labels: dict[int, int | None], confi
         maps = (up / np.maximum(top, 1e-12)[:, None, None]).astype(np.float32)
         map_ids = keep_ids
     return found, maps, map_ids
-
-
-def labels_of(anns: list[dict]) -> dict[int, int | None]:
-    """``{category_id: count}`` of one image's annotations: a compact ``"count": k`` counts k, a
-    ``"count": null`` (IL label) makes the class's count unknown (None), any other annotation
-    (one per instance: IL+C, box or mask) counts 1. Crowd regions add no count."""
-    counts: dict[int, int | None] = {}
-    unknown: set[int] = set()
-    for a in anns:
-        c = a["category_id"]
-        counts.setdefault(c, 0)
-        if "count" in a:
-            if a["count"] is None:
-                unknown.add(c)
-            else:
-                counts[c] = (counts[c] or 0) + int(a["count"])
-        elif not a.get("iscrowd"):
-            counts[c] = (counts[c] or 0) + 1
-        else:
-            unknown.add(c)
-    return {c: (None if c in unknown else n) for c, n in counts.items()}
 
 
 def pseudolabel_prm(ds, images: list[dict], images_dir, model, config: dict, cfg: PRMConfig, *,

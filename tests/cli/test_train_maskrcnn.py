@@ -1,0 +1,291 @@
+"""`wsis train maskrcnn` through the CLI on 3 synthetic 64-px images: the run folder, validation,
+box-only training, resume, and the usage and input errors."""
+
+import contextlib
+import json
+import urllib.error
+
+import pytest
+import torch
+
+from conftest import write
+from wsis_cli.cli.app import app
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = ["--backbone", "resnet18", "--weights", "none", "--fpn-channels", "16", "--head-channels", "32",
+        "--min-size", "64", "--max-size", "64", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from typer.testing import CliRunner
+
+    root = tmp_path_factory.mktemp("maskrcnn")
+    runner = CliRunner()
+    r = runner.invoke(app, ["data", "synth", "--out", str(root), "--n", "3", "--size", "64", "--classes", "2",
+                            "--seed", "0"])
+    assert r.exit_code == 0, r.output
+    for level in ("box", "ilc"):
+        r = runner.invoke(app, ["data", "weaken", str(root / "gt.json"), "--to", level, "--out",
+                                str(root / f"{level}.json")])
+        assert r.exit_code == 0, r.output
+    return root
+
+
+def train(runner, root, *args, labels="gt.json"):
+    return runner.invoke(app, ["train", "maskrcnn", str(root / labels), "--images", str(root / "images"), *TINY,
+                               *map(str, args)])
+
+
+def metrics(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def flat(text: str) -> str:
+    """Usage-error text without rich's box, line breaks and quotes."""
+    return " ".join(text.replace("│", " ").replace("'", "").split())
+
+
+def one_line_error(r) -> str:
+    assert r.exit_code == 1, r.output
+    assert r.stdout == "" and r.stderr.count("\n") == 1 and r.stderr.startswith("wsis: error: "), r.stderr
+    return r.stderr.strip()
+
+
+def test_run_folder(runner, synth, tmp_path):
+    run = tmp_path / "run"
+    r = train(runner, synth, "--out", run, "--epochs", 3, "--keep-epochs", 2, "--batch-size", 2, "--seed", 3)
+    assert r.exit_code == 0, r.output
+    assert r.stdout == ""  # nothing on stdout
+    assert "training maskrcnn resnet18 (weights: none) on 3 images, 2 classes, on cpu: 2 iterations per epoch" \
+        in r.stderr
+    assert "epoch 3/3 (seg): loss " in r.stderr and f"wrote {run}: 3 epochs, loss " in r.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json", "epochs", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in (run / "epochs").iterdir()) == ["epoch-002.pt", "epoch-003.pt"]  # --keep-epochs 2
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["format"] == "wsis-maskrcnn" and set(config) >= {"model", "train"}
+    model = config["model"]
+    assert model["architecture"] == "maskrcnn" and model["backbone"] == "resnet18"
+    assert model["category_ids"] == [1, 2] and model["category_names"] == ["disc", "box"]
+    assert (model["min_size"], model["max_size"], model["fpn_channels"], model["head_channels"]) == (64, 64, 16, 32)
+    assert model["iou_head"] is False
+    t = config["train"]
+    assert (t["epochs"], t["batch_size"], t["seed"], t["weights"], t["keep_epochs"]) == (3, 2, 3, "none", 2)
+
+    lines = metrics(run)
+    assert [m["epoch"] for m in lines] == [1, 2, 3] and {m["phase"] for m in lines} == {"seg"}
+    for m in lines:
+        assert m["loss"] > 0 and m["images_per_s"] > 0 and m["images"] == 3
+        assert m["loss"] == pytest.approx(sum(m["losses"].values()), abs=1e-5)
+        assert set(m["losses"]) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
+                                    "loss_rpn_box_reg"}
+        assert "val_map50" not in m
+
+    last = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    assert last["format"] == "wsis-maskrcnn" and last["epoch"] == 3 and last["phase"] == "seg"
+    assert last["config"] == model and [h["epoch"] for h in last["history"]] == [1, 2, 3]
+    assert {"optimizer", "history", "best"} <= set(last)
+    best = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+    assert best["epoch"] == 3 and "optimizer" not in best  # no --val: the last epoch is the best
+    assert same(best["model"], last["model"]) and same(weights(run / "epochs" / "epoch-003.pt"), last["model"])
+    assert not same(weights(run / "epochs" / "epoch-002.pt"), last["model"])
+    assert any("mask_head" in k for k in last["model"])
+
+    # --keep-epochs 0 keeps no per-epoch file; -1 keeps them all
+    r = train(runner, synth, "--out", tmp_path / "none", "--epochs", 1, "--keep-epochs", 0, "--batch-size", 3)
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "none" / "epochs").exists()
+    r = train(runner, synth, "--out", tmp_path / "all", "--epochs", 2, "--keep-epochs", -1, "--batch-size", 3)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "all" / "epochs").iterdir()) == ["epoch-001.pt", "epoch-002.pt"]
+
+
+def test_validation_picks_best(runner, synth, tmp_path):
+    run = tmp_path / "run"
+    r = train(runner, synth, "--out", run, "--epochs", 3, "--keep-epochs", -1, "--batch-size", 3, "--lr", 0.05,
+              "--val", synth / "gt.json", "--val-images", synth / "images")
+    assert r.exit_code == 0, r.output
+    lines = metrics(run)
+    scores = [m["val_map50"] for m in lines]
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    want = scores.index(max(scores)) + 1  # the first epoch of the highest mAP
+    best = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+    assert best["epoch"] == want
+    assert same(best["model"], weights(run / "epochs" / f"epoch-{want:03d}.pt"))
+    assert torch.load(run / "last.pt", weights_only=True)["best"] == {"epoch": want, "map50": scores[want - 1]}
+    assert f"epoch 1/3 (seg): loss {lines[0]['loss']:.4f}, val mAP@0.5 {scores[0]:.3f}" in r.stderr
+    assert f"best val mAP@0.5 {max(scores):.3f} (epoch {want})" in r.stderr
+    # --val alone reads its images from --images
+    r = train(runner, synth, "--out", tmp_path / "b", "--epochs", 1, "--keep-epochs", 0, "--batch-size", 3,
+              "--lr", 0.05, "--val", synth / "gt.json")
+    assert r.exit_code == 0, r.output
+    assert metrics(tmp_path / "b")[0]["val_map50"] == scores[0]  # the same first epoch, the same images
+
+
+def test_boxes_only(runner, synth, tmp_path):
+    run = tmp_path / "det"
+    r = train(runner, synth, "--out", run, "--epochs", 1, "--keep-epochs", 0, "--batch-size", 3, "--boxes-only",
+              labels="box.json")
+    assert r.exit_code == 0, r.output
+    assert "training fasterrcnn resnet18" in r.stderr
+    assert json.loads((run / "config.json").read_text())["model"]["architecture"] == "fasterrcnn"
+    assert set(metrics(run)[0]["losses"]) == {"loss_classifier", "loss_box_reg", "loss_objectness",
+                                              "loss_rpn_box_reg"}
+    assert not any("mask" in k for k in weights(run / "best.pt"))
+
+    # a box-only dataset without --boxes-only: one line that points at it, and no run folder
+    r = train(runner, synth, "--out", tmp_path / "masks", "--epochs", 1, labels="box.json")
+    assert one_line_error(r) == (f"wsis: error: {synth / 'box.json'}: no annotation has a mask; give --boxes-only "
+                                 "to train a detector, or make masks first (wsis pseudolabel grabcut)")
+    assert not (tmp_path / "masks").exists()
+    # image-level labels alone give nothing to train on
+    r = train(runner, synth, "--out", tmp_path / "ilc", "--epochs", 1, labels="ilc.json")
+    assert "no image to train on" in one_line_error(r)
+
+
+def test_resume_grows_the_run_to_the_weights_of_a_straight_one(runner, synth, tmp_path):
+    # one iteration per epoch (--batch-size 3 of 3 images) and no warm-up: the learning rate of
+    # epoch 1 does not depend on --epochs, so growing a 1-epoch run to 2 must equal a 2-epoch run
+    common = ["--batch-size", 3, "--lr", 0.02, "--seed", 7, "--keep-epochs", 0]
+    straight, grown = tmp_path / "straight", tmp_path / "grown"
+    assert train(runner, synth, "--out", straight, "--epochs", 2, *common).exit_code == 0
+    r = train(runner, synth, "--out", grown, "--epochs", 1, *common)
+    assert r.exit_code == 0, r.output
+    assert [m["epoch"] for m in metrics(grown)] == [1]
+    r = train(runner, synth, "--resume", grown, "--epochs", 2, *common)
+    assert r.exit_code == 0, r.output
+    assert f"resuming {grown} after epoch 1" in r.stderr and "epoch 2/2 (seg)" in r.stderr
+    assert "epoch 1/2" not in r.stderr
+    assert [m["epoch"] for m in metrics(grown)] == [1, 2]
+    assert torch.load(grown / "last.pt", weights_only=True)["epoch"] == 2
+    assert same(weights(grown / "last.pt"), weights(straight / "last.pt"))  # bit for bit
+    assert [m["loss"] for m in metrics(grown)] == [m["loss"] for m in metrics(straight)]
+    assert json.loads((grown / "config.json").read_text())["train"]["epochs"] == 2
+
+    r = train(runner, synth, "--resume", grown, "--epochs", 2, *common)
+    assert r.exit_code == 0 and f"{grown} already holds 2 epochs: nothing to train" in r.stderr
+    r = train(runner, synth, "--resume", grown, "--out", grown, "--epochs", 2, *common)  # --out may repeat it
+    assert r.exit_code == 0, r.output
+
+    other = [*common[:2], "--lr", 0.03, *common[4:]]
+    r = train(runner, synth, "--resume", grown, "--epochs", 3, *other)
+    assert one_line_error(r) == (f"wsis: error: {grown}: was trained with --lr 0.02, not 0.03; --resume needs the "
+                                 "same options (or drop it to start afresh)")
+    r = train(runner, synth, "--resume", grown, "--epochs", 3, *common, "--iou-head")
+    assert "iou-head" in one_line_error(r)
+    ds = json.loads((synth / "gt.json").read_text())
+    ds["annotations"] = ds["annotations"][1:]
+    write(tmp_path / "fewer.json", ds)
+    r = runner.invoke(app, ["train", "maskrcnn", str(tmp_path / "fewer.json"), "--images", str(synth / "images"),
+                            *TINY, "--resume", str(grown), "--epochs", "3", *map(str, common)])
+    assert one_line_error(r) == (f"wsis: error: {grown}: was trained on another dataset (other images or "
+                                 "annotations); --resume needs the same dataset")
+    assert [m["epoch"] for m in metrics(grown)] == [1, 2]  # refused resumes leave the run alone
+
+
+def test_resume_after_an_interrupt_is_exact(runner, synth, tmp_path, monkeypatch):
+    import wsis_cli.cli.train as train_cli
+
+    common = ["--epochs", 2, "--batch-size", 2, "--seed", 1, "--keep-epochs", 0, "--warmup-iters", 1]
+    assert train(runner, synth, "--out", tmp_path / "whole", *common).exit_code == 0
+
+    @contextlib.contextmanager
+    def interrupting(*args, **kwargs):
+        def progress(done, total):
+            if done == 3:  # the first iteration of epoch 2 (of 2 per epoch)
+                raise KeyboardInterrupt
+
+        yield progress
+
+    run = tmp_path / "parts"
+    with monkeypatch.context() as m:
+        m.setattr(train_cli, "progress_bar", interrupting)
+        r = train(runner, synth, "--out", run, *common)
+    assert r.exit_code == 130  # as Ctrl-C
+    assert f"interrupted: {run} holds 1 of 2 epochs; rerun with --resume to continue" in r.stderr
+    assert [m["epoch"] for m in metrics(run)] == [1]
+    r = train(runner, synth, "--resume", run, *common)
+    assert r.exit_code == 0, r.output
+    assert [m["epoch"] for m in metrics(run)] == [1, 2]
+    assert same(weights(run / "last.pt"), weights(tmp_path / "whole" / "last.pt"))
+    assert same(weights(run / "best.pt"), weights(tmp_path / "whole" / "best.pt"))
+
+
+def test_a_fresh_run_in_an_old_run_folder_leaves_nothing_of_the_old_one(runner, synth, tmp_path):
+    run = tmp_path / "run"
+    assert train(runner, synth, "--out", run, "--epochs", 3, "--batch-size", 3, "--keep-epochs", -1).exit_code == 0
+    # without --resume, training into a run folder starts afresh
+    r = train(runner, synth, "--out", run, "--epochs", 1, "--batch-size", 3, "--keep-epochs", 2)
+    assert r.exit_code == 0, r.output
+    assert [m["epoch"] for m in metrics(run)] == [1]
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(run / "best.pt", weights_only=True)["epoch"] == 1
+    assert sorted(p.name for p in (run / "epochs").iterdir()) == ["epoch-001.pt"]
+
+
+@pytest.mark.parametrize("args, hint", [
+    (["--backbone", "vgg16"], "--backbone"),
+    (["--iou-head", "--boxes-only"], "--iou-head"),
+    (["--lr", "0"], "--lr"),
+    (["--iou-lr", "-1"], "--iou-lr"),
+    (["--iou-target", "cube"], "--iou-target"),
+    (["--epochs", "0"], "--epochs"),
+    (["--val-images", "IMAGES"], "--val-images"),
+    (["--weights", "missing.pth"], "--weights"),
+    (["--resume", "OTHER"], "--resume"),
+    (["--device", "tpu"], "--device"),
+])
+def test_usage_errors(runner, synth, tmp_path, args, hint):
+    sub = {"IMAGES": str(synth / "images"), "OTHER": str(tmp_path / "other"), "missing.pth": str(tmp_path / "m.pth")}
+    r = train(runner, synth, "--out", tmp_path / "run", *[sub.get(a, a) for a in args])
+    assert r.exit_code == 2, r.output
+    assert f"Invalid value for {hint}" in flat(r.output) and r.stdout == ""
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_is_required_and_must_be_a_run_folder(runner, synth, tmp_path):
+    r = train(runner, synth)
+    assert r.exit_code == 2 and "Invalid value for --out: give the run folder" in flat(r.output)
+    write(tmp_path / "file", {})
+    r = train(runner, synth, "--out", tmp_path / "file")
+    assert r.exit_code == 2 and "Invalid value for --out" in flat(r.output) and "is a file" in flat(r.output)
+    (tmp_path / "busy").mkdir()
+    write(tmp_path / "busy" / "notes.json", {})
+    r = train(runner, synth, "--out", tmp_path / "busy", "--epochs", 1)
+    assert one_line_error(r) == (f"wsis: error: {tmp_path / 'busy'}: exists and is not a wsis run folder; give a new "
+                                 "or empty folder")
+    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["notes.json"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU")
+def test_cuda_without_a_gpu_is_a_usage_error(runner, synth, tmp_path):
+    r = runner.invoke(app, ["train", "maskrcnn", str(synth / "gt.json"), "--images", str(synth / "images"),
+                            "--out", str(tmp_path / "run"), "--device", "cuda", "--weights", "none"])
+    assert r.exit_code == 2
+    assert "no CUDA device is available" in flat(r.output)
+    assert not (tmp_path / "run").exists()
+
+
+def test_imagenet_weights_offline(runner, synth, tmp_path, monkeypatch):
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    r = runner.invoke(app, ["train", "maskrcnn", str(synth / "gt.json"), "--images", str(synth / "images"),
+                            "--out", str(tmp_path / "run"), "--backbone", "resnet18", "--weights", "imagenet",
+                            "--min-size", "64", "--max-size", "64", "--epochs", "1", "--device", "cpu"])
+    line = one_line_error(r)
+    assert line.startswith("wsis: error: --weights imagenet: cannot fetch https://")
+    assert "(URLError)" in line and "--weights none" in line
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

@@ -1,0 +1,59 @@
+"""`wsis predict`: run a trained model over images and write COCO results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wsis_cli.cli.io import cli_errors, info, progress_bar, write_output
+from wsis_cli.cli.options import Device, ImagesDir, Out, Seed
+
+
+@cli_errors
+def predict(
+    run: Annotated[Path, typer.Argument(metavar="RUN", exists=True,
+                                        help="Run folder of `wsis train maskrcnn` (its best.pt) or a checkpoint file.")],
+    images: ImagesDir,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="COCO dataset naming the images (and their ids) to "
+                                                                  "predict on; without it, every image file in "
+                                                                  "--images, ids 1..N in file-name order.")] = None,
+    out: Out = "-",
+    score_thr: Annotated[float, typer.Option("--score-thr", min=0.0, max=1.0,
+                                             help="Keep detections scoring at least this.")] = 0.05,
+    small_branch: Annotated[Path | None, typer.Option("--small-branch", exists=True,
+                                                      help="A box-only run (train maskrcnn --boxes-only): the hybrid "
+                                                           "fusion. Its detections get GrabCut masks (an ellipse when "
+                                                           "invalid); instances under 64x64 px come from NMS over both "
+                                                           "branches, larger ones from RUN alone.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
+    device: Device = "auto",
+    seed: Seed = 0,
+) -> None:
+    """Instance masks (compressed RLE), boxes and scores for every image, as a COCO results list;
+    `iou` (the predicted mask IoU) too when the model has the IoU head."""
+    from wsis_cli.coco import display_name, load_dataset
+    from wsis_cli.engine.device import resolve_device
+    from wsis_cli.errors import WsisError
+    from wsis_cli.inference import predict as run_predict
+
+    try:
+        dev = resolve_device(device)
+    except WsisError as e:
+        raise typer.BadParameter(str(e), param_hint="--device") from None
+    ds = load_dataset(dataset) if dataset is not None else None
+    with progress_bar("predicting") as progress:
+        results, summary = run_predict(run, images, dataset=ds, device=dev, score_thr=score_thr,
+                                       batch_size=batch_size, small_branch=small_branch, seed=seed,
+                                       progress=progress)
+    write_output(out, results)
+    line = f"{summary['detections']} detections in {summary['images']} images"
+    if dataset is None:
+        line += f" (image ids 1..{summary['images']} in file-name order of {images})"
+    else:
+        line += f" of {display_name(dataset)}"
+    if "fusion" in summary:
+        f = summary["fusion"]
+        line += f"; {f['from_small_branch']} from the small branch ({f['ellipses']} ellipses)"
+    info(line)

@@ -1,0 +1,171 @@
+"""The hybrid-networks paper's two-branch fusion at test time (``wsis predict RUN/ --small-branch RUN2/``).
+
+A *large* branch (a mask model trained on the valid GrabCut masks) and a *small* branch (a box
+detector trained on the boxes whose GrabCut masks were invalid, its boxes turned into masks by
+GrabCut with the ellipse fallback) predict on the same image; the fused result takes
+
+- instances whose box area is below ``small_area`` (64×64 px) from class-wise NMS over the small
+  detections of *both* branches (by score, IoU on boxes);
+- instances at or above ``small_area`` from the large branch alone (the small branch's large
+  detections are dropped).
+
+The paper's split is on "size"; here it is the box area, which a box-only detection has before
+it has a mask (so GrabCut need only run on the survivors, :func:`fuse_with_grabcut`).
+
+Predicted IoUs: the fused result carries ``ious`` only when both branches have them, never a mix
+with placeholders (NaN has no place in JSON). Small-branch masks made by GrabCut have none, so
+the paper's setting gives fused detections without ``ious``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from wsis_cli.boxes import box_area, box_iou
+from wsis_cli.detections import Detections
+from wsis_cli.metrics.coco_eval import SMALL_AREA
+from wsis_cli.pseudo.grabcut import GrabCutConfig, box_seed, segment_boxes
+
+__all__ = ["SMALL_AREA", "Fused", "nms", "select_fused", "small_branch_masks", "fuse", "fuse_with_grabcut"]
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, category_ids: np.ndarray | None = None, *,
+        iou_thr: float = 0.5) -> np.ndarray:
+    """Greedy non-maximum suppression, class-wise when ``category_ids`` is given.
+
+    ``boxes`` (N, 4) ``x1, y1, x2, y2``; ``scores`` (N,); ``category_ids`` (N,) or None (all one
+    class). A box is suppressed when its IoU with a kept, higher-ranked box of its class is
+    above ``iou_thr`` (as torchvision's ``nms``). Ranking is by score, ties by index (the earlier
+    first). Returns the kept indices (int64), best score first.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    n = len(boxes)
+    if len(scores) != n:
+        raise ValueError("boxes and scores must have one length")
+    cats = np.zeros(n, np.int64) if category_ids is None else np.asarray(category_ids, np.int64).reshape(-1)
+    if len(cats) != n:
+        raise ValueError("boxes and category_ids must have one length")
+    order = np.argsort(-scores, kind="stable")
+    keep = np.zeros(n, dtype=bool)
+    for c in np.unique(cats):
+        idx = order[cats[order] == c]  # this class, best first
+        iou = box_iou(boxes[idx], boxes[idx])
+        alive = np.ones(len(idx), dtype=bool)
+        for i in range(len(idx)):
+            if not alive[i]:
+                continue
+            keep[idx[i]] = True
+            alive[i + 1:] &= iou[i, i + 1:] <= iou_thr
+    return order[keep[order]].astype(np.int64)
+
+
+def select_fused(large: Detections, small: Detections, *, small_area: float = SMALL_AREA,
+                 nms_iou: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Which detections of each branch the fusion keeps, on boxes and scores alone (masks are
+    not looked at, so ``small`` may be a box-only detector's output).
+
+    Returns ``(large_index, small_index)``, int64 indices into ``large`` and ``small``: every large-
+    branch detection with box area >= ``small_area``, and the survivors of class-wise NMS
+    (``nms_iou``) over both branches' detections with box area < ``small_area``. On equal
+    scores a large-branch detection ranks before a small-branch one.
+    """
+    if (large.height, large.width) != (small.height, small.width):
+        raise ValueError(f"the branches saw different image sizes: {large.width}x{large.height} "
+                         f"and {small.width}x{small.height}")
+    large_small = box_area(large.boxes) < small_area
+    small_small = np.flatnonzero(box_area(small.boxes) < small_area)
+    cand_large = np.flatnonzero(large_small)
+    boxes = np.concatenate([large.boxes[cand_large], small.boxes[small_small]])
+    scores = np.concatenate([large.scores[cand_large], small.scores[small_small]])
+    cats = np.concatenate([large.category_ids[cand_large], small.category_ids[small_small]])
+    kept = nms(boxes, scores, cats, iou_thr=nms_iou)
+    n_large = len(cand_large)
+    large_index = np.sort(np.concatenate([np.flatnonzero(~large_small), cand_large[kept[kept < n_large]]]))
+    small_index = np.sort(small_small[kept[kept >= n_large] - n_large])
+    return large_index.astype(np.int64), small_index.astype(np.int64)
+
+
+def small_branch_masks(image: np.ndarray, det: Detections, cfg: GrabCutConfig,
+                       seed: int) -> tuple[Detections, np.ndarray]:
+    """Masks for a box-only detector's boxes: GrabCut in each box (:func:`segment_boxes`: crop
+    with margin, validity rule, retry and ``cfg.fallback``, by default the ellipse inscribed in
+    the box where the mask's own bbox has IoU < ``cfg.valid_iou`` with the box).
+
+    ``image`` HxWx3 uint8 RGB, the image ``det`` was predicted on. Detection ``i`` reseeds
+    OpenCV with ``box_seed(seed, i)``, so a box's mask depends only on ``(seed, i)``, the image
+    and the box. Masks are not made disjoint (they are predictions, not training labels).
+
+    Returns ``(detections, valid)``: ``det`` with full-size ``masks`` (N, H, W) (any masks it had
+    are replaced) and no ``ious`` (a predicted IoU would not describe a GrabCut mask), and
+    ``valid`` bool (N,): the GrabCut mask passed the validity rule (False: a fallback mask).
+    """
+    return _grabcut_rows(image, det, np.arange(len(det)), cfg, seed)
+
+
+def _grabcut_rows(image: np.ndarray, det: Detections, seeds_from: np.ndarray, cfg: GrabCutConfig,
+                  seed: int) -> tuple[Detections, np.ndarray]:
+    h, w = det.height, det.width
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != (h, w):
+        raise ValueError(f"image of shape {image.shape} does not match the detections' {w}x{h} (HxWx3 expected)")
+    masks = np.zeros((len(det), h, w), dtype=bool)
+    valid = np.zeros(len(det), dtype=bool)
+    if len(det):
+        boxes = np.clip(det.boxes.astype(np.float64), 0, [w, h, w, h])
+        results = segment_boxes(image, boxes, [box_seed(seed, int(i)) for i in seeds_from], cfg)
+        for i, r in enumerate(results):
+            if r.mask is not None:
+                (r0, c0), (mh, mw) = r.offset, r.mask.shape
+                masks[i, r0:r0 + mh, c0:c0 + mw] = r.mask
+            valid[i] = r.valid
+    out = Detections(det.boxes, det.scores, det.category_ids, h, w, masks=masks, ious=None)
+    return out, valid
+
+
+def _by_score(det: Detections) -> np.ndarray:
+    return np.argsort(-det.scores, kind="stable")
+
+
+def fuse(large: Detections, small: Detections, *, small_area: float = SMALL_AREA, nms_iou: float = 0.5) -> Detections:
+    """The fused detections of one image (see the module docstring), best score first.
+
+    Both branches must have masks (``small`` after :func:`small_branch_masks`). ``ious`` is kept
+    only when both branches have it."""
+    if large.masks is None or small.masks is None:
+        raise ValueError("fuse needs masks from both branches (small_branch_masks makes the small branch's)")
+    li, si = select_fused(large, small, small_area=small_area, nms_iou=nms_iou)
+    out = Detections.concat([large.take(li), small.take(si)])
+    return out.take(_by_score(out))
+
+
+class Fused(NamedTuple):
+    """:func:`fuse_with_grabcut`'s result: the fused ``detections`` (best score first) and, per row,
+    ``from_small`` (bool (N,): from the small branch) and ``valid`` (bool (N,): False where a small-
+    branch mask is a fallback for an invalid GrabCut mask; True for every large-branch row)."""
+
+    detections: Detections
+    from_small: np.ndarray
+    valid: np.ndarray
+
+
+def fuse_with_grabcut(image: np.ndarray, large: Detections, small_boxes_only: Detections, cfg: GrabCutConfig,
+                      seed: int, *, small_area: float = SMALL_AREA, nms_iou: float = 0.5) -> Fused:
+    """:func:`fuse` with the small branch's masks made by GrabCut only for the detections that
+    survive the fusion (NMS decides on boxes and scores, so it needs no masks).
+
+    ``large`` must have masks; masks of ``small_boxes_only`` are ignored. A survivor's mask is
+    the one :func:`small_branch_masks` would give it (seeded by its index in ``small_boxes_only``).
+    The result has no ``ious``: GrabCut masks have no predicted IoU, and a fused list is not
+    given a mix of predicted and missing values.
+    """
+    if large.masks is None:
+        raise ValueError("the large branch must predict masks")
+    li, si = select_fused(large, small_boxes_only, small_area=small_area, nms_iou=nms_iou)
+    small, valid_small = _grabcut_rows(image, small_boxes_only.take(si), si, cfg, seed)
+    out = Detections.concat([large.take(li), small])
+    from_small = np.concatenate([np.zeros(len(li), bool), np.ones(len(si), bool)])
+    valid = np.concatenate([np.ones(len(li), bool), valid_small])
+    order = _by_score(out)
+    return Fused(out.take(order), from_small[order], valid[order])

@@ -1,0 +1,242 @@
+"""Pseudo-labels from a trained mask model (``wsis pseudolabel net``): BASIS's *annotation network*.
+
+A model trained on the few fully annotated images predicts instances on the weakly labelled
+ones; the weak labels, ground truth about what the image holds, choose among its predictions.
+Each annotation is handled by its supervision level (:func:`wsis_cli.coco.supervision_level`), so
+one image may mix levels:
+
+========  ===================================================================================
+``full``  kept as it is (already strong)
+``box``   the mask the model predicts inside the box (``masks_in_boxes``); the box is kept
+``ilc``   class ``c`` with count ``k``: the ``k`` best detections of class ``c``, ranked by score
+          (``rank="score"``) or by predicted mask IoU (``rank="iou"``); fewer if fewer were found
+``il``    class ``c``, count unknown: the detections of class ``c`` with score >= ``score_thr``
+========  ===================================================================================
+
+Detections of classes with no image-level label in the image are dropped. Where an image also
+has box or full annotations of a class with image-level labels, detections whose box overlaps
+one of them (box IoU >= ``DUPLICATE_IOU``) are not chosen for the image-level labels: those
+instances are labelled already (the count of an ``ilc`` label counts only its own instances).
+Crowd annotations with a box or a mask are copied as they are (regions, not instances).
+
+Every output annotation carries ``score`` (the model's; full annotations: none), ``iou`` (the
+predicted mask IoU, when the model has an IoU head) and ``"wsis": {"method": "net", "source":
+"full"|"box"|"ilc"|"il", "ann_id": ...}`` (``ann_id``: the weak annotation it comes from, for
+``full`` and ``box``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+import numpy as np
+
+from wsis_cli.boxes import box_iou, mask_to_box, xywh_to_xyxy, xyxy_to_xywh
+from wsis_cli.coco import (Dataset, fill_areas, has_segmentation, labels_of, mask_to_rle, provenance, rle_to_json,
+                           rle_to_mask, segm_to_rle, supervision_level)
+from wsis_cli.detections import Detections
+from wsis_cli.errors import WsisError
+
+__all__ = ["RANKS", "DUPLICATE_IOU", "MasksInBoxes", "pseudo_instances", "pseudolabel_net_dataset", "needs_detections"]
+
+RANKS = ("score", "iou")
+DUPLICATE_IOU = 0.5
+
+MasksInBoxes = Callable[[np.ndarray, np.ndarray], Detections]
+"""``(boxes (N, 4) float x1, y1, x2, y2, category_ids (N,) int) -> Detections``: one row per box,
+in order, with ``masks`` (and ``scores``, maybe ``ious``)."""
+
+
+def _image_level(a: dict) -> bool:
+    return supervision_level(a) in ("ilc", "il")
+
+
+def _box_label(a: dict) -> bool:
+    return supervision_level(a) == "box" and not a.get("iscrowd")
+
+
+def needs_detections(anns: list[dict]) -> bool:
+    """Whether an image's annotations hold an image-level label (``ilc`` or ``il``), the only
+    kind that needs the model's detections."""
+    return any(_image_level(a) for a in anns)
+
+
+def _r(v) -> float:
+    return round(float(v), 6)
+
+
+def _instance(image_id: int, category_id: int, mask: np.ndarray, box_xyxy: np.ndarray, score, iou,
+              wsis: dict) -> dict:
+    """A new annotation (no id) from a mask; ``box_xyxy`` is its bbox (None: the mask's own)."""
+    if box_xyxy is None:
+        box_xyxy = mask_to_box(mask)
+    out = {"image_id": int(image_id), "category_id": int(category_id),
+           "bbox": [_r(v) for v in xyxy_to_xywh(np.asarray(box_xyxy, np.float64)[None])[0]],
+           "segmentation": rle_to_json(mask_to_rle(mask)), "area": float(mask.sum()), "iscrowd": 0,
+           "score": _r(score)}
+    if iou is not None:
+        out["iou"] = _r(iou)
+    out["wsis"] = {"method": "net", **wsis}
+    return out
+
+
+def _ann_box(a: dict, height: int, width: int) -> np.ndarray | None:
+    """An annotation's ``x1, y1, x2, y2`` box: its bbox, else its mask's (None: neither)."""
+    if a.get("bbox") is not None:
+        return xywh_to_xyxy(a["bbox"])[0]
+    if has_segmentation(a):
+        return mask_to_box(rle_to_mask(segm_to_rle(a["segmentation"], height, width)))
+    return None
+
+
+def _ranked(det: Detections, index: np.ndarray, rank: str) -> np.ndarray:
+    """``index`` (into ``det``) best first: by score, or by predicted IoU (ties: score), then index."""
+    if rank == "iou":
+        order = np.lexsort((index, -det.scores[index].astype(np.float64), -det.ious[index].astype(np.float64)))
+    else:
+        order = np.lexsort((index, -det.scores[index].astype(np.float64)))
+    return index[order]
+
+
+def pseudo_instances(anns: list[dict], det: Detections | None, *, masks_in_boxes: MasksInBoxes | None = None,
+                     rank: str = "score", score_thr: float = 0.05, stats: dict | None = None) -> list[dict]:
+    """The pseudo instances of one image from its weak annotations ``anns`` (all of one image)
+    and the model's detections ``det`` on it (masks needed; None is allowed when no annotation is
+    an image-level label, see :func:`needs_detections`).
+
+    ``masks_in_boxes`` (needed when there are box labels) is called once, with all of the image's
+    non-crowd box labels. Returns new annotation dicts without ``id``: full annotations, then box
+    labels (in the order of ``anns``), then the image-level instances (class by class in order of
+    first appearance, best first). ``stats``, when given, is updated with ``short_of_count`` (how
+    many instances of ``ilc`` counts found no detection), ``il_empty`` (``il`` classes with no
+    detection over the threshold) and ``empty_masks`` (instances whose mask is empty).
+    """
+    if rank not in RANKS:
+        raise ValueError(f"rank must be one of {', '.join(RANKS)}, got {rank!r}")
+    if not anns:
+        return []
+    image_id = anns[0]["image_id"]
+    if any(a["image_id"] != image_id for a in anns):
+        raise ValueError("pseudo_instances takes the annotations of one image")
+    stats = {} if stats is None else stats
+    for k in ("short_of_count", "il_empty", "empty_masks"):
+        stats.setdefault(k, 0)
+    out: list[dict] = []
+
+    # full (and crowd regions with a box or a mask): as they are
+    for a in anns:
+        if supervision_level(a) == "full" or (supervision_level(a) == "box" and a.get("iscrowd")):
+            kept = {k: v for k, v in a.items() if k not in ("id", "wsis")}
+            kept["wsis"] = {"method": "net", "source": supervision_level(a), "ann_id": a.get("id")}
+            out.append(kept)
+
+    # box labels: the model's mask inside each box
+    boxed = [a for a in anns if _box_label(a)]
+    if boxed:
+        if masks_in_boxes is None:
+            raise ValueError(f"image {image_id} has box labels: masks_in_boxes is needed")
+        boxes = xywh_to_xyxy([a["bbox"] for a in boxed])
+        cats = np.array([a["category_id"] for a in boxed], dtype=np.int64)
+        got = masks_in_boxes(boxes, cats)
+        if len(got) != len(boxed) or got.masks is None:
+            raise ValueError(f"masks_in_boxes returned {len(got)} rows{'' if got.masks is not None else ' without masks'}"
+                             f" for {len(boxed)} boxes")
+        for i, a in enumerate(boxed):
+            m = got.masks[i]
+            stats["empty_masks"] += not m.any()
+            out.append(_instance(image_id, a["category_id"], m, boxes[i], got.scores[i],
+                                 None if got.ious is None else got.ious[i],
+                                 {"source": "box", "ann_id": a.get("id")}))
+
+    # image-level labels: choose among the detections
+    image_level = [a for a in anns if _image_level(a)]
+    if not image_level:
+        return out
+    if det is None:
+        raise ValueError(f"image {image_id} has image-level labels: its detections are needed")
+    if det.masks is None:
+        raise WsisError("the model predicts no masks: pseudolabel net needs a mask model")
+    if rank == "iou" and det.ious is None:
+        raise WsisError("rank 'iou' needs predicted mask IoUs: the model has no IoU head (use rank 'score')")
+
+    labelled = [a for a in anns if supervision_level(a) in ("full", "box") and not a.get("iscrowd")]
+    for cid, count in labels_of(image_level).items():
+        idx = np.flatnonzero(det.category_ids == cid)
+        taken = [_ann_box(a, det.height, det.width) for a in labelled if a["category_id"] == cid]
+        taken = [b for b in taken if b is not None]
+        if taken and len(idx):
+            idx = idx[box_iou(det.boxes[idx], np.stack(taken)).max(axis=1) < DUPLICATE_IOU]
+        if count is None:
+            chosen = _ranked(det, idx[det.scores[idx] >= score_thr], "score")
+            stats["il_empty"] += len(chosen) == 0
+            source = "il"
+        else:
+            chosen = _ranked(det, idx, rank)[:count]
+            stats["short_of_count"] += count - len(chosen)
+            source = "ilc"
+        for i in chosen:
+            m = det.masks[i]
+            stats["empty_masks"] += not m.any()
+            out.append(_instance(image_id, cid, m, det.boxes[i] if not m.any() else None, det.scores[i],
+                                 None if det.ious is None else det.ious[i], {"source": source}))
+    return out
+
+
+def pseudolabel_net_dataset(ds: Dataset, images: list[dict], detect: Callable[[dict], Detections],
+                            masks_in_boxes_for: Callable[[dict], MasksInBoxes], *, rank: str = "score",
+                            score_thr: float = 0.05, options: dict | None = None,
+                            progress: Callable[[int, int], None] | None = None) -> tuple[Dataset, dict]:
+    """Pseudo-label ``images`` (records of ``ds``, e.g. a shard) with a model.
+
+    ``detect(image record) -> Detections`` runs the model on an image; it is called only for
+    images with image-level labels. ``masks_in_boxes_for(image record)`` gives the image's
+    :data:`MasksInBoxes`; it is called (and its result used) only for images with box labels.
+    Returns a training-ready dataset (``images``, ``ds``'s categories, annotation ids 1..N in
+    image order, ``info.wsis`` from :func:`wsis_cli.coco.provenance` with ``rank``,
+    ``score_thr`` and ``options``) and a summary: ``images``, ``detected`` (images the model ran
+    on), ``instances``, ``by_source``, ``short_of_count`` (instances of counts not found),
+    ``images_short`` (images with any), ``il_empty``, ``empty_masks``, ``unlabelled_images``
+    (labelled images in which nothing was found: left out of the dataset, since training would
+    take them for background).
+    """
+    if rank not in RANKS:
+        raise ValueError(f"rank must be one of {', '.join(RANKS)}, got {rank!r}")
+    summary = {"images": len(images), "detected": 0, "instances": 0,
+               "by_source": {"full": 0, "box": 0, "ilc": 0, "il": 0},
+               "short_of_count": 0, "images_short": 0, "il_empty": 0, "empty_masks": 0, "unlabelled_images": 0}
+    annotations: list[dict] = []
+    kept_images: list[dict] = []
+    for n, im in enumerate(images, 1):
+        anns = ds.anns_by_image.get(im["id"], [])
+        det = None
+        if needs_detections(anns):
+            det = detect(im)
+            summary["detected"] += 1
+            if (det.height, det.width) != (im["height"], im["width"]):
+                raise WsisError(f"image {im['id']}: the model's detections are {det.width}x{det.height} px, "
+                                f"the record says {im['width']}x{im['height']}")
+        boxes = masks_in_boxes_for(im) if any(_box_label(a) for a in anns) else None
+        stats: dict = {}
+        made = pseudo_instances(anns, det, masks_in_boxes=boxes, rank=rank, score_thr=score_thr, stats=stats)
+        if anns and not made:
+            # labelled as holding objects, but nothing found: left out, or training would take it
+            # for background
+            summary["unlabelled_images"] += 1
+        else:
+            kept_images.append(im)
+        for a in made:
+            a = {"id": len(annotations) + 1, **a}
+            annotations.append(a)
+            summary["by_source"][a["wsis"]["source"]] += 1
+        summary["short_of_count"] += stats.get("short_of_count", 0)
+        summary["images_short"] += stats.get("short_of_count", 0) > 0
+        summary["il_empty"] += stats.get("il_empty", 0)
+        summary["empty_masks"] += stats.get("empty_masks", 0)
+        if progress:
+            progress(n, len(images))
+    summary["instances"] = len(annotations)
+    info = {**ds.info, "wsis": provenance("pseudolabel net", {"rank": rank, "score_thr": score_thr, **(options or {})})}
+    out = replace(ds, images=kept_images, annotations=annotations, info=info)
+    fill_areas(out)  # full annotations that came without one
+    return out, summary
