@@ -9,6 +9,7 @@ import typer
 
 from wsis_cli.cli.io import cli_errors, info, progress_bar
 from wsis_cli.cli.options import Device, ImagesDir, Seed
+from wsis_cli.models import DETECTOR_BACKBONES, IOU_TARGETS
 
 app = typer.Typer(help="Train models.", no_args_is_help=True)
 
@@ -76,8 +77,6 @@ def classifier(
              f"accuracy {h[-1]['accuracy']:.3f}")
 
 
-DETECTOR_BACKBONES = ("resnet50", "resnet18", "mobilenet_v3")
-IOU_TARGETS = ("iou", "sqrt", "square")
 
 
 @app.command("maskrcnn")

@@ -28,12 +28,11 @@ from torchvision.models.detection.roi_heads import (
 )
 
 from wsis_cli.errors import WsisError
+from wsis_cli.models import DETECTOR_BACKBONES, IOU_TARGETS
 
 __all__ = ["DETECTOR_BACKBONES", "IOU_TARGETS", "IoUHead", "WsisRoIHeads", "model_config", "build_detector",
            "iou_forward", "iou_inverse"]
 
-DETECTOR_BACKBONES = ("resnet50", "resnet18", "mobilenet_v3")
-IOU_TARGETS = ("iou", "sqrt", "square")
 MASK_SIDE = 28  # the mask head's output side
 BODY = "backbone.body."  # where the backbone's own weights sit in the detector's state dict
 IOU_NEGATIVES = 1  # background proposals per foreground one that train the IoU branch
