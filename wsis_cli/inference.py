@@ -54,20 +54,26 @@ def load_models(run: str | os.PathLike, device, *, small_branch: str | os.PathLi
 
 def predict(run, images_dir, *, dataset: Dataset | None = None, device="cpu", score_thr: float = 0.05,
             batch_size: int = 1, small_branch=None, small_area: float = 64 * 64, nms_iou: float = 0.5,
-            seed: int = 0, progress: Callable[[int, int], None] | None = None) -> tuple[list[dict], dict]:
+            seed: int = 0, progress: Callable[[int, int], None] | None = None,
+            loaded: tuple | None = None) -> tuple[list[dict], dict]:
     """COCO results for every image of ``dataset`` (else of the folder, see
     :func:`folder_images`) and a summary. With ``small_branch``, the hybrid fusion: the box-only
     model's detections under ``small_area`` px of box area get GrabCut masks (an ellipse when
     GrabCut's mask is invalid) and compete with the mask model's small ones in class-wise NMS;
-    larger instances come from the mask model alone."""
+    larger instances come from the mask model alone. ``loaded``: ``run``'s ``(model, config)``
+    when the caller has loaded it already. The summary's ``image_ids`` are the images predicted on."""
     from wsis_cli.engine.detector import detect, predict_dataset
     from wsis_cli.fusion import fuse_with_grabcut
     from wsis_cli.pseudo.grabcut import GrabCutConfig
 
     dev = _device(device)
-    model, config, small, small_cfg = load_models(run, dev, small_branch=small_branch)
+    if loaded is not None and small_branch is None:
+        (model, config), small, small_cfg = loaded, None, None
+    else:
+        model, config, small, small_cfg = load_models(run, dev, small_branch=small_branch)
     images = dataset.images if dataset is not None else folder_images(images_dir)
-    summary: dict[str, Any] = {"images": len(images), "architecture": config["architecture"],
+    summary: dict[str, Any] = {"images": len(images), "image_ids": [im["id"] for im in images],
+                               "architecture": config["architecture"],
                                "iou_head": bool(config.get("iou_head"))}
     transform = None
     if small is not None:
@@ -96,15 +102,16 @@ def _device(device):
 
 
 def net_pseudolabels(ds: Dataset, images_dir, run, *, device="cpu", rank: str = "score", score_thr: float = 0.05,
-                     options: dict | None = None, progress=None) -> tuple[Dataset, dict]:
+                     options: dict | None = None, progress=None, loaded: tuple | None = None) -> tuple[Dataset, dict]:
     """``pseudolabel net``: the annotation network labels the weak images of ``ds`` (see
-    :mod:`wsis_cli.pseudo.net` for the rules)."""
+    :mod:`wsis_cli.pseudo.net` for the rules). ``loaded``: ``run``'s ``(model, config)`` when the
+    caller has loaded it already."""
     from wsis_cli.engine.detector import detect, masks_in_boxes, read_sized_image
     from wsis_cli.images import image_path
     from wsis_cli.pseudo.net import pseudolabel_net_dataset
 
     dev = _device(device)
-    model, config, _, _ = load_models(run, dev)
+    model, config = loaded if loaded is not None else load_models(run, dev)[:2]
     if config["architecture"] != "maskrcnn":
         raise WsisError(f"{run}: was trained with --boxes-only; pseudo-labels need a mask model")
     if rank == "iou" and not config.get("iou_head"):
@@ -142,22 +149,21 @@ def predicted_scores(*, model, images, dataset: Dataset | None = None, device="c
     from wsis_cli.coco import supervision_level
 
     dev = _device(device)
-    _, config, _, _ = load_models(model, dev)
-    if not config.get("iou_head"):
+    loaded = load_models(model, dev)[:2]
+    if not loaded[1].get("iou_head"):
         raise WsisError(f"{model}: has no IoU head; train it with --iou-head to predict mask IoUs")
     weak = dataset is not None and any(supervision_level(a) != "full" for a in dataset.annotations)
     if weak:
         pseudo, _ = net_pseudolabels(dataset, images, model, device=dev, rank=rank, score_thr=score_thr,
-                                     progress=progress)
+                                     progress=progress, loaded=loaded)
         per_image: dict[int, list[dict]] = {im["id"]: [] for im in dataset.images}
         for a in pseudo.annotations:
             if a.get("iou") is not None:
                 per_image[a["image_id"]].append({"annotation_id": int(a["id"]), "iou": round(float(a["iou"]), 6)})
     else:
-        results, _ = predict(model, images, dataset=dataset, device=dev, score_thr=score_thr, batch_size=batch_size,
-                             progress=progress)
-        ids = [im["id"] for im in (dataset.images if dataset is not None else folder_images(images))]
-        per_image = {i: [] for i in ids}
+        results, summary = predict(model, images, dataset=dataset, device=dev, score_thr=score_thr,
+                                   batch_size=batch_size, progress=progress, loaded=loaded)
+        per_image = {i: [] for i in summary["image_ids"]}
         for index, r in enumerate(results):
             per_image[r["image_id"]].append({"index": index, "iou": round(float(r["iou"]), 6)})
     out = []
