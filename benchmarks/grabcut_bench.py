@@ -134,7 +134,7 @@ def report(name: str, q: dict, seconds: float | None = None) -> None:
 
 
 def main() -> None:
-    from wsis_cli.perimage import default_workers
+    from wsis_cli.jobs import default_workers
     from wsis_cli.pseudo.grabcut import GrabCutConfig
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -53,6 +53,8 @@ __all__ = [
     "compress_masks",
     "fill_areas",
     "display_name",
+    "load_predictions",
+    "read_ids",
 ]
 
 SUPERVISION_LEVELS = ("full", "box", "ilc", "il")
@@ -531,3 +533,43 @@ def parse_results(obj: Any, *, path: str = "<memory>") -> list[dict]:
         if has_segmentation(r) and not isinstance(r["segmentation"], (dict, list)):
             fail("segmentation must be a list of polygons or an RLE object")
     return obj
+
+
+def load_predictions(path: str):
+    """A results list or a dataset (pseudo-labels), validated for shape."""
+    obj, name = read_json(path), display_name(path)
+    return parse_results(obj, path=name) if isinstance(obj, list) else parse_dataset(obj, path=name)
+
+
+def read_ids(path: str) -> list[int]:
+    """Image ids from a file: a JSON list, a JSON object with 'image_ids' (what `select` writes)
+    or 'images' (a dataset), or plain text with one id per line (commas and spaces also separate).
+    An empty or unreadable list is an error, never an empty subset."""
+    name = display_name(path)
+    try:
+        text = read_bytes(path, what="a file of image ids").decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(name, "not a text or JSON file of image ids") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        obj = text.replace(",", " ").split()
+    if isinstance(obj, dict):
+        if isinstance(obj.get("image_ids"), list):
+            obj = obj["image_ids"]
+        elif isinstance(obj.get("images"), list):
+            obj = [im.get("id") if isinstance(im, dict) else im for im in obj["images"]]
+        else:
+            raise InputError(name, "a JSON object of ids needs an 'image_ids' or 'images' list")
+    if not isinstance(obj, list):
+        obj = [obj]
+    if not obj:
+        raise InputError(name, "holds no image ids")
+    ids = []
+    for i, v in enumerate(obj):
+        if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+            v = int(v)
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise InputError(name, f"{v!r} is not an image id", f"entry {i}")
+        ids.append(v)
+    return ids

@@ -13,7 +13,7 @@ import pytest
 from conftest import write
 from wsis_cli.cli.app import app
 from wsis_cli.coco import load_dataset, parse_dataset, rle_to_mask
-from wsis_cli.perimage import ResumeLog, fingerprint
+from wsis_cli.jobs import ResumeLog, fingerprint
 from wsis_cli.pseudo import box_masks
 from wsis_cli.synth import synthesize
 from wsis_cli.weaken import weaken

@@ -72,45 +72,6 @@ def voc(
     info(f"{len(ds['images'])} images, {len(ds['annotations'])} instances; images under {ds['info']['images_dir']}")
 
 
-def read_ids(path: str) -> list[int]:
-    """Image ids from a file: a JSON list, a JSON object with 'image_ids' (what `select` writes)
-    or 'images' (a dataset), or plain text with one id per line (commas and spaces also separate).
-    An empty or unreadable list is an error, never an empty subset."""
-    import json
-
-    from wsis_cli.coco import display_name, read_bytes
-    from wsis_cli.errors import InputError
-
-    name = display_name(path)
-    try:
-        text = read_bytes(path, what="a file of image ids").decode("utf-8")
-    except UnicodeDecodeError:
-        raise InputError(name, "not a text or JSON file of image ids") from None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError:
-        obj = text.replace(",", " ").split()
-    if isinstance(obj, dict):
-        if isinstance(obj.get("image_ids"), list):
-            obj = obj["image_ids"]
-        elif isinstance(obj.get("images"), list):
-            obj = [im.get("id") if isinstance(im, dict) else im for im in obj["images"]]
-        else:
-            raise InputError(name, "a JSON object of ids needs an 'image_ids' or 'images' list")
-    if not isinstance(obj, list):
-        obj = [obj]
-    if not obj:
-        raise InputError(name, "holds no image ids")
-    ids = []
-    for i, v in enumerate(obj):
-        if isinstance(v, str) and v.strip().lstrip("-").isdigit():
-            v = int(v)
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise InputError(name, f"{v!r} is not an image id", f"entry {i}")
-        ids.append(v)
-    return ids
-
-
 @app.command("subset")
 @cli_errors
 def subset(
@@ -124,7 +85,7 @@ def subset(
     """A subset of a dataset by image ids (or K random images), annotations included."""
     import numpy as np
 
-    from wsis_cli.coco import compress_masks, display_name, load_dataset, provenance
+    from wsis_cli.coco import compress_masks, display_name, load_dataset, provenance, read_ids
     from wsis_cli.errors import InputError, WsisError
 
     if (ids is None) == (n is None):

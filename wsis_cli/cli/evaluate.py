@@ -8,15 +8,7 @@ import typer
 
 from wsis_cli.cli.io import cli_errors, write_output
 from wsis_cli.cli.options import JsonFlag
-from wsis_cli.cli.select import parse_floats
-
-
-def load_predictions(path: str):
-    """A results list or a dataset (pseudo-labels), validated for shape."""
-    from wsis_cli.coco import display_name, parse_dataset, parse_results, read_json
-
-    obj, name = read_json(path), display_name(path)
-    return parse_results(obj, path=name) if isinstance(obj, list) else parse_dataset(obj, path=name)
+from wsis_cli.cli.options import parse_floats
 
 
 @cli_errors
@@ -34,7 +26,7 @@ def evaluate(
     mask IoU of each ground-truth instance) and, with --per-class, AP@0.5 per category.
     """
     thrs = parse_floats([iou_thrs], option="--iou-thrs", lo=0.0, hi=1.0, lo_open=True)
-    from wsis_cli.coco import display_name, fill_areas, load_dataset, provenance
+    from wsis_cli.coco import display_name, fill_areas, load_dataset, load_predictions, provenance
     from wsis_cli.metrics import evaluate as compute
 
     gt_ds = load_dataset(gt)

@@ -34,14 +34,9 @@ def predict(
     """Instance masks (compressed RLE), boxes and scores for every image, as a COCO results list;
     `iou` (the predicted mask IoU) too when the model has the IoU head."""
     from wsis_cli.coco import display_name, load_dataset
-    from wsis_cli.engine.device import resolve_device
-    from wsis_cli.errors import WsisError
     from wsis_cli.inference import predict as run_predict
 
-    try:
-        dev = resolve_device(device)
-    except WsisError as e:
-        raise typer.BadParameter(str(e), param_hint="--device") from None
+    dev = device  # checked by the --device option
     ds = load_dataset(dataset) if dataset is not None else None
     with progress_bar("predicting") as progress:
         results, summary = run_predict(run, images, dataset=ds, device=dev, score_thr=score_thr,

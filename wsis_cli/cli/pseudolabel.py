@@ -41,17 +41,14 @@ def grabcut(
     """
     from wsis_cli.coco import display_name, load_dataset, provenance
     from wsis_cli.errors import WsisError
-    from wsis_cli.perimage import ResumeLog, default_workers, fingerprint, parse_shard, shard_images
+    from wsis_cli.jobs import ResumeLog, default_workers, fingerprint, parse_shard, shard_images
     from wsis_cli.pseudo.box_masks import pseudolabel_boxes
     from wsis_cli.pseudo.fallback import FALLBACKS
     from wsis_cli.pseudo.grabcut import GrabCutConfig
 
     if fallback not in FALLBACKS:
         raise typer.BadParameter(f"must be one of {', '.join(FALLBACKS)}", param_hint="--fallback")
-    try:
-        part = parse_shard(shard)
-    except WsisError as e:
-        raise typer.BadParameter(str(e), param_hint="--shard") from None
+    part = parse_shard(shard)
     log_path = resume_log_path(out)
     if resume and log_path is None:
         raise typer.BadParameter("--resume keeps its progress next to the output: give --out FILE (a regular file)",
@@ -146,18 +143,11 @@ def prm(
     from wsis_cli.coco import display_name, load_dataset, provenance
     from wsis_cli.engine.classifier import load_classifier
     from wsis_cli.engine.device import resolve_device
-    from wsis_cli.errors import WsisError
-    from wsis_cli.perimage import parse_shard, shard_images
+    from wsis_cli.jobs import parse_shard, shard_images
     from wsis_cli.pseudo.prm import PRMConfig, pseudolabel_prm
 
-    try:
-        part = parse_shard(shard)
-    except WsisError as e:
-        raise typer.BadParameter(str(e), param_hint="--shard") from None
-    try:
-        dev = resolve_device(device)
-    except WsisError as e:
-        raise typer.BadParameter(str(e), param_hint="--device") from None
+    part = parse_shard(shard)
+    dev = resolve_device(device)  # checked by the --device option
     cfg = PRMConfig(peak_kernel=peak_kernel, peak_rel=peak_rel, prm_thr=prm_thr, refine=refine, seed=seed)
     ds = load_dataset(labels)
     net, config = load_classifier(model, device=dev)
@@ -255,16 +245,11 @@ def net(
     training-ready COCO dataset whose instances carry `score` and, with the IoU head, `iou`.
     """
     from wsis_cli.coco import display_name, load_dataset
-    from wsis_cli.engine.device import resolve_device
-    from wsis_cli.errors import WsisError
     from wsis_cli.inference import net_pseudolabels
 
     if rank not in ("score", "iou"):
         raise typer.BadParameter("must be score or iou", param_hint="--rank")
-    try:
-        dev = resolve_device(device)
-    except WsisError as e:
-        raise typer.BadParameter(str(e), param_hint="--device") from None
+    dev = device  # checked by the --device option
     ds = load_dataset(weak)
     with progress_bar("pseudolabel net") as progress:
         result, summary = net_pseudolabels(ds, images, model, device=dev, rank=rank, score_thr=score_thr,

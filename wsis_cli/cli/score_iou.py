@@ -68,14 +68,9 @@ def score_iou(
     options = {"pred": pred, "gt": gt, "model": model, "images": images, "dataset": dataset, "compare": compare}
     if model is not None:
         from wsis_cli.coco import load_dataset
-        from wsis_cli.engine.device import resolve_device
-        from wsis_cli.errors import WsisError
         from wsis_cli.inference import predicted_scores
 
-        try:
-            dev = resolve_device(device)
-        except WsisError as e:
-            raise typer.BadParameter(str(e), param_hint="--device") from None
+        dev = device
         options.update(score_thr=score_thr, batch_size=batch_size, device=device, rank=rank)
         with progress_bar("scoring") as progress:
             rec = predicted_scores(model=model, images=images, dataset=load_dataset(dataset) if dataset else None,
@@ -84,8 +79,7 @@ def score_iou(
         rec = {"info": {"wsis": provenance("score-iou", options, None)},
                **{k: v for k, v in rec.items() if k != "info"}}
     else:
-        from wsis_cli.cli.evaluate import load_predictions
-        from wsis_cli.coco import load_dataset
+        from wsis_cli.coco import load_dataset, load_predictions
         from wsis_cli.iou_scores import oracle_scores
 
         gt_ds = load_dataset(gt)

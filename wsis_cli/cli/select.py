@@ -7,31 +7,7 @@ from typing import Annotated
 import typer
 
 from wsis_cli.cli.io import cli_errors, info, write_output
-from wsis_cli.cli.options import Out, Seed
-
-
-def parse_floats(values: list[str] | None, *, option: str, lo: float | None = None, hi: float | None = None,
-                 lo_open: bool = False) -> list[float]:
-    """``["0.3,0.5", "0.7"]`` -> ``[0.3, 0.5, 0.7]``; a bad or out-of-range number is a usage
-    error (exit 2). ``None`` or ``[]`` gives ``[]``; an option given but empty is an error."""
-    import math
-
-    out: list[float] = []
-    for v in values or []:
-        parts = [p for p in v.split(",") if p.strip()]
-        if not parts:
-            raise typer.BadParameter(f"{v!r} holds no number", param_hint=option)
-        for part in parts:
-            try:
-                x = float(part)
-            except ValueError:
-                raise typer.BadParameter(f"{part!r} is not a number", param_hint=option) from None
-            if not math.isfinite(x) or (lo is not None and (x <= lo if lo_open else x < lo)) \
-                    or (hi is not None and x > hi):
-                bounds = f" in {'(' if lo_open else '['}{lo}, {hi}]" if lo is not None else ""
-                raise typer.BadParameter(f"{part!r} is not a finite number{bounds}", param_hint=option)
-            out.append(x)
-    return out
+from wsis_cli.cli.options import Out, Seed, parse_floats
 
 
 @cli_errors

@@ -22,8 +22,7 @@ def show(
     """Draw masks (per-instance colours), boxes and class names on the images; fallback
     (invalid GrabCut) masks are hatched with dashed outlines. Writes one PNG per image and
     contact_sheet.png."""
-    from wsis_cli.cli.data import read_ids
-    from wsis_cli.coco import load_dataset
+    from wsis_cli.coco import load_dataset, read_ids
     from wsis_cli.errors import InputError
     from wsis_cli.images import image_path, read_image, write_image
     from wsis_cli.show import contact_sheet, is_fallback, render_overlay

@@ -49,8 +49,6 @@ def classifier(
     soft-margin loss, flip / colour / scale augmentation. Writes nothing to stdout.
     """
     from wsis_cli.coco import load_dataset
-    from wsis_cli.engine.device import resolve_device
-    from wsis_cli.errors import WsisError
 
     if backbone not in BACKBONE_NAMES:
         raise typer.BadParameter(f"must be one of {', '.join(BACKBONE_NAMES)}", param_hint="--backbone")
@@ -58,10 +56,7 @@ def classifier(
         raise typer.BadParameter("must be a positive number", param_hint="--lr")
     if out.is_dir():
         raise typer.BadParameter(f"{out} is a folder; give a checkpoint file", param_hint="--out")
-    try:
-        dev = resolve_device(device)
-    except WsisError as e:
-        raise typer.BadParameter(str(e), param_hint="--device") from None
+    dev = device  # checked by the --device option
     from wsis_cli.engine.classifier import ClassifierConfig, train_classifier
     from wsis_cli.models.backbones import resolve_weights
 
@@ -138,8 +133,6 @@ def maskrcnn(
     Writes nothing to stdout.
     """
     from wsis_cli.coco import load_dataset
-    from wsis_cli.engine.device import resolve_device
-    from wsis_cli.errors import WsisError
 
     if backbone not in DETECTOR_BACKBONES:
         raise typer.BadParameter(f"must be one of {', '.join(DETECTOR_BACKBONES)}", param_hint="--backbone")
@@ -159,10 +152,7 @@ def maskrcnn(
         raise typer.BadParameter(f"{run} is a file; give a folder", param_hint="--out")
     if val is None and val_images is not None:
         raise typer.BadParameter("goes with --val", param_hint="--val-images")
-    try:
-        dev = resolve_device(device)
-    except WsisError as e:
-        raise typer.BadParameter(str(e), param_hint="--device") from None
+    dev = device  # checked by the --device option
     if weights not in ("imagenet", "coco", "none") and not Path(weights).is_file():
         raise typer.BadParameter(f"{weights}: no such file (give imagenet, coco, none or a local .pth file)",
                                  param_hint="--weights")

@@ -23,7 +23,7 @@ from wsis_cli.coco import Dataset, ann_record, mask_to_rle
 from wsis_cli.errors import InputError
 from wsis_cli.images import image_path
 from wsis_cli.metrics.coco_eval import SMALL_AREA
-from wsis_cli.perimage import ResumeLog, run_images
+from wsis_cli.jobs import ResumeLog, run_images
 from wsis_cli.pseudo.grabcut import GrabCutConfig, box_seed, resolve_overlaps, segment_boxes
 
 __all__ = ["BoxJob", "prepare_boxes", "grabcut_image", "pseudolabel_boxes", "Summary"]
