@@ -14,7 +14,7 @@ import numpy as np
 
 from wsis_cli.errors import InputError, WsisError
 
-__all__ = ["read_image", "write_image", "image_path"]
+__all__ = ["read_image", "read_sized_image", "write_image", "image_path"]
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -56,3 +56,13 @@ def image_path(images_dir: str | os.PathLike, image: dict, *, dataset: str | Non
     if dataset is not None and not p.is_file():
         raise InputError(p, f"image file not found (image {image['id']} of {dataset})")
     return p
+
+
+def read_sized_image(path: str | os.PathLike, image: dict, dataset: str | None = None) -> np.ndarray:
+    """:func:`read_image`, and an :class:`InputError` when the file's size is not the one its
+    record (``image``: ``id``, ``height``, ``width``) gives."""
+    rgb = read_image(path)
+    if rgb.shape[:2] != (image["height"], image["width"]):
+        raise InputError(path, f"is {rgb.shape[1]}x{rgb.shape[0]} px but image {image['id']} of "
+                               f"{dataset or 'the dataset'} says {image['width']}x{image['height']}")
+    return rgb

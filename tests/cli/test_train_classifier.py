@@ -6,7 +6,7 @@ import torch
 from conftest import write
 from wsis_cli.cli.app import app
 from wsis_cli.coco import parse_dataset
-from wsis_cli.engine.classifier import load_classifier
+from wsis_cli.engine.train_classifier import load_classifier
 from wsis_cli.synth import synthesize
 from wsis_cli.weaken import weaken
 
@@ -49,8 +49,8 @@ def test_tiny_run_writes_a_checkpoint(runner, synth_ilc, tmp_path):
     assert r.exit_code == 0 and "already holds 2 epochs (asked for 2): nothing to train" in r.stderr
     r = train(runner, synth_ilc, "--epochs", 3, "--out", out, "--seed", 4, "--resume")
     assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
-    assert r.stderr.strip() == (f"wsis: error: {out}: was trained with --amp True, not False; give the same "
-                                "options to --resume, or drop --resume to start afresh")
+    assert r.stderr.strip() == (f"wsis: error: {out}: was trained with --amp True, not False; --resume needs "
+                                "the same options (or drop it to start afresh)")
 
 
 def test_same_seed_same_weights(runner, synth_ilc, tmp_path):

@@ -57,7 +57,7 @@ def classifier(
     if out.is_dir():
         raise typer.BadParameter(f"{out} is a folder; give a checkpoint file", param_hint="--out")
     dev = device  # checked by the --device option
-    from wsis_cli.engine.classifier import ClassifierConfig, train_classifier
+    from wsis_cli.engine.train_classifier import ClassifierConfig, train_classifier
     from wsis_cli.models.backbones import resolve_weights
 
     resolve_weights(weights)  # a missing --weights file fails before any work
@@ -156,7 +156,7 @@ def maskrcnn(
     if weights not in ("imagenet", "coco", "none") and not Path(weights).is_file():
         raise typer.BadParameter(f"{weights}: no such file (give imagenet, coco, none or a local .pth file)",
                                  param_hint="--weights")
-    from wsis_cli.engine.detector import DetectorConfig, train_detector
+    from wsis_cli.engine.train_detector import DetectorConfig, train_detector
 
     ds = load_dataset(train_json)
     val_pair = (load_dataset(val), val_images or images) if val is not None else None

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from wsis_cli.errors import WsisError
 
-__all__ = ["save_checkpoint", "load_checkpoint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "damaged_checkpoint", "load_model"]
 
 
 def save_checkpoint(path: str | os.PathLike, obj: dict[str, Any]) -> None:
@@ -40,3 +40,29 @@ def load_checkpoint(path: str | os.PathLike, *, kind: str) -> dict[str, Any]:
         what = f"format {fmt!r}" if fmt is not None else f"a {type(obj).__name__} without a 'format' key"
         raise WsisError(f"{p}: not a {kind} checkpoint (it holds {what})")
     return obj
+
+
+def damaged_checkpoint(path: str | os.PathLike, fmt: str, e: BaseException) -> WsisError:
+    """The error for a checkpoint that loads but does not fit its model."""
+    first = (str(e).strip().splitlines() or [""])[0][:160]
+    return WsisError(f"{path}: a damaged {fmt} checkpoint ({type(e).__name__}: {first})")
+
+
+def load_model(path: str | os.PathLike, *, kind: str, version: int, build: Callable[[dict], Any],
+               device: Any = "cpu") -> tuple[Any, dict]:
+    """``(model in eval mode on device, config)`` from a checkpoint of ``kind``: ``build(config)``
+    makes the network, the checkpoint's ``model`` state fills it. A file of another kind or
+    version, or whose weights do not fit, is a :class:`WsisError` naming it."""
+    from wsis_cli.engine.device import resolve_device
+
+    state = load_checkpoint(path, kind=kind)
+    if state.get("version") != version:
+        raise WsisError(f"{path}: checkpoint version {state.get('version')} is not {version}")
+    config = state.get("config")
+    try:
+        model = build(config)
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, RuntimeError, WsisError) as e:
+        raise damaged_checkpoint(path, kind, e) from None
+    dev = resolve_device(device) if isinstance(device, str) else device
+    return model.to(dev).eval(), dict(config)

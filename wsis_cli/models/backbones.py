@@ -17,7 +17,7 @@ from torch import nn
 
 from wsis_cli.errors import WsisError
 
-__all__ = ["BACKBONES", "ResNetFeatures", "build_resnet", "resolve_weights", "hub_state_dict"]
+__all__ = ["BACKBONES", "ResNetFeatures", "build_resnet", "resolve_weights", "hub_state_dict", "load_state_dict"]
 
 # name -> (torchvision builder name, weights enum name, channels of the last stage)
 BACKBONES = {
@@ -68,7 +68,7 @@ class ResNetFeatures(nn.Module):
         return self.rest(self.stem_and_layer1(x))
 
 
-def _load_state_dict(path: str) -> dict:
+def load_state_dict(path: str) -> dict:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input fault
@@ -114,7 +114,7 @@ def build_resnet(name: str, *, weights: str = "none") -> ResNetFeatures:
             first = (str(e).strip().splitlines() or [""])[0]
             raise WsisError(f"--weights imagenet: the cached file for {url} does not fit {name} ({first})") from None
     elif weights != "none":
-        sd = _load_state_dict(weights)
+        sd = load_state_dict(weights)
         own = resnet.state_dict()
         picked = {}
         for k, v in sd.items():

@@ -8,13 +8,14 @@ teaches the network to answer with one peak per instance.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from wsis_cli.models.backbones import build_resnet
 
-__all__ = ["PeakClassifier", "build_classifier", "peak_mask", "peak_stimulation"]
+__all__ = ["PeakClassifier", "build_classifier", "peak_mask", "peak_stimulation", "image_tensor"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -85,3 +86,16 @@ class PeakClassifier(nn.Module):
 
 def build_classifier(*, backbone: str, num_classes: int, weights: str = "none", peak_kernel: int = 3) -> PeakClassifier:
     return PeakClassifier(build_resnet(backbone, weights=weights), num_classes, peak_kernel=peak_kernel)
+
+
+def image_tensor(rgb: np.ndarray, size: int) -> torch.Tensor:
+    """``HxWx3`` uint8 RGB -> ``FloatTensor[3, size, size]`` in 0..1, resized to a square (area
+    interpolation when shrinking, bilinear when enlarging). Training and PRM inference both
+    feed the classifier through this function."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    if (h, w) != (size, size):
+        interp = cv2.INTER_AREA if size <= h and size <= w else cv2.INTER_LINEAR
+        rgb = cv2.resize(rgb, (size, size), interpolation=interp)
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)

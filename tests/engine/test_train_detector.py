@@ -1,5 +1,4 @@
-"""The Mask R-CNN model and trainer: mask loss on box-only annotations, the IoU branch, data
-rules, resume, weights, and distributed training with gloo on CPU."""
+"""Training a detector: exact resume through both phases, the IoU phase, weights, DDP (gloo), AMP."""
 
 from __future__ import annotations
 
@@ -15,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from wsis_cli.coco import Dataset, load_dataset, parse_dataset
-from wsis_cli.engine.detector import DetectorConfig, epoch_batches, load_run, train_detector, training_set
+from wsis_cli.coco import load_dataset
+from wsis_cli.engine.predictor import Predictor
+from wsis_cli.engine.train_detector import DetectorConfig, train_detector
 from wsis_cli.errors import WsisError
-from wsis_cli.models.detector import _mask_ious, build_detector, iou_forward, iou_inverse, model_config
+from wsis_cli.models.detector import build_detector, model_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -33,129 +33,6 @@ def tiny_config(**kw):
     return model_config(**base)
 
 
-def one_target(has_mask: bool):
-    masks = torch.zeros(1, 96, 96, dtype=torch.uint8)
-    masks[0, 20:60, 30:70] = 1
-    return {"boxes": torch.tensor([[30.0, 20.0, 70.0, 60.0]]), "labels": torch.tensor([1]), "masks": masks,
-            "has_mask": torch.tensor([has_mask])}
-
-
-@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v3", "resnet50"])
-@pytest.mark.parametrize("boxes_only", [False, True])
-def test_every_backbone_trains_and_predicts(backbone, boxes_only):
-    torch.manual_seed(0)
-    model = build_detector(tiny_config(backbone=backbone, boxes_only=boxes_only, iou_head=not boxes_only))
-    model.train()
-    losses = model([torch.rand(3, 96, 96)], [one_target(True)])
-    expected = {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
-    assert set(losses) == expected | (set() if boxes_only else {"loss_mask"})
-    assert all(torch.isfinite(v) for v in losses.values())
-    sum(losses.values()).backward()
-    model.eval()
-    with torch.no_grad():
-        out = model([torch.rand(3, 96, 80)])[0]
-    assert ("masks" in out) is not boxes_only and ("iou" in out) is not boxes_only
-    if not boxes_only:
-        assert out["masks"].shape[1:] == (1, 96, 80)
-        assert ((out["iou"] >= 0) & (out["iou"] <= 1)).all()
-
-
-def test_box_only_annotations_are_left_out_of_the_mask_loss():
-    torch.manual_seed(0)
-    model = build_detector(tiny_config())
-    model.train()
-    x = [torch.rand(3, 96, 96)]
-    heads = model.roi_heads
-    boxes_only = model(x, [one_target(False)])
-    assert float(boxes_only["loss_mask"].detach()) == 0.0
-    model.zero_grad()
-    boxes_only["loss_mask"].backward()
-    assert all(p.grad is None or float(p.grad.abs().sum()) == 0.0 for p in heads.mask_head.parameters())
-    model.zero_grad()
-    with_mask = model(x, [one_target(True)])
-    assert float(with_mask["loss_mask"].detach()) > 0.1
-    with_mask["loss_mask"].backward()
-    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in heads.mask_head.parameters())
-
-
-def test_mask_iou_targets_count_the_ground_truth_outside_the_box():
-    gt = torch.zeros(1, 250, 250, dtype=torch.uint8)
-    gt[0, 20:120, 20:220] = 1  # 100 x 200 px; the proposal below covers its left half
-    props = torch.tensor([[20.0, 20.0, 120.0, 120.0]])
-    logits = torch.full((1, 3, 28, 28), 10.0)  # predicts the whole box as the class-1 mask
-    iou = _mask_ious(logits, [props], [torch.tensor([1])], [gt], [torch.tensor([0])], [torch.tensor([20000.0])])
-    # 10000 px predicted, all inside a 20000 px mask (torchvision's target projection loses ~1 px per side)
-    assert iou.tolist() == pytest.approx([0.5], abs=0.02)
-    empty = _mask_ious(torch.full((1, 3, 28, 28), -10.0), [props], [torch.tensor([1])], [gt], [torch.tensor([0])],
-                       [torch.tensor([20000.0])])
-    assert empty.tolist() == [0.0]
-
-
-@pytest.mark.parametrize("target", ["iou", "sqrt", "square"])
-def test_iou_targets_invert(target):
-    iou = torch.linspace(0, 1, 11)
-    assert torch.allclose(iou_inverse(iou_forward(iou, target), target), iou, atol=1e-6)
-    assert iou_forward(torch.tensor([0.25]), "sqrt").item() == pytest.approx(0.5)
-
-
-def test_model_config_rejects_bad_options():
-    with pytest.raises(WsisError, match="--backbone must be one of"):
-        tiny_config(backbone="vgg")
-    with pytest.raises(WsisError, match="--iou-target"):
-        tiny_config(iou_target="log")
-    with pytest.raises(WsisError, match="--boxes-only"):
-        tiny_config(boxes_only=True, iou_head=True)
-
-
-# ----------------------------------------------------------------------------- data rules
-def _ds(anns: list[dict], n_images: int = 3) -> Dataset:
-    images = [{"id": i, "file_name": f"{i}.png", "height": 32, "width": 32} for i in range(1, n_images + 1)]
-    for k, a in enumerate(anns, start=1):
-        a.setdefault("id", k)
-    return parse_dataset({"images": images, "annotations": anns,
-                          "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}, path="t.json")
-
-
-def _square(x, y, s):
-    return [[x, y, x + s, y, x + s, y + s, x, y + s]]
-
-
-def test_training_set_rules(tmp_path):
-    for i in range(1, 4):
-        (tmp_path / f"{i}.png").write_bytes(b"")
-    ds = _ds([
-        {"image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10], "segmentation": _square(2, 2, 10)},
-        {"image_id": 1, "category_id": 2, "bbox": [15, 15, 10, 10]},                      # box only
-        {"image_id": 1, "category_id": 2, "bbox": [0, 0, 30, 30], "iscrowd": 1, "segmentation": _square(0, 0, 30)},
-        {"image_id": 2, "category_id": 1, "bbox": [2, 2, 10, 10], "wsis": {"valid": False}},
-        {"image_id": 2, "category_id": 1, "bbox": [5, 5, 0.5, 8]},                        # degenerate
-        {"image_id": 3, "category_id": 1},                                                # IL+C: image left out
-    ])
-    data = training_set(ds, tmp_path)
-    assert [im["id"] for im in data.images] == [1, 2]
-    assert [[a["id"] for a in anns] for anns in data.anns] == [[1, 2], [4]]
-    assert data.skipped == {"crowd": 1, "invalid": 0, "degenerate_box": 1, "image_level_images": 1}
-    valid = training_set(ds, tmp_path, only_valid=True)
-    assert [[a["id"] for a in anns] for anns in valid.anns] == [[1, 2], []] and valid.skipped["invalid"] == 1
-    boxes = _ds([{"image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10]}])
-    with pytest.raises(WsisError, match="no annotation has a mask; give --boxes-only"):
-        training_set(boxes, tmp_path)
-    assert len(training_set(boxes, tmp_path, boxes_only=True).images) == 3
-    with pytest.raises(WsisError, match="no image to train on"):
-        training_set(_ds([{"image_id": i, "category_id": 1} for i in (1, 2, 3)]), tmp_path)
-
-
-def test_epoch_batches_split_every_image_between_ranks():
-    one = epoch_batches(7, 2, seed=3, epoch=1)
-    assert sorted(i for b in one for i in b) == list(range(7)) and [len(b) for b in one] == [2, 2, 2, 1]
-    assert one == epoch_batches(7, 2, seed=3, epoch=1) and one != epoch_batches(7, 2, seed=3, epoch=2)
-    ranks = [epoch_batches(7, 2, seed=3, epoch=1, rank=r, world=2) for r in (0, 1)]
-    assert len(ranks[0]) == len(ranks[1]) == 2  # 8 slots (7 padded), 4 each, equal step counts
-    seen = [i for r in ranks for b in r for i in b]
-    assert len(seen) == 8 and set(seen) == set(range(7))
-
-
-# ----------------------------------------------------------------------------- training runs
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
     from typer.testing import CliRunner
@@ -218,8 +95,8 @@ def test_iou_phase_trains_only_the_iou_branch(synth, tmp_path):
     assert changed and all(k.startswith("roi_heads.iou_head.") for k in changed)
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["model"]["iou_head"] and config["model"]["category_ids"] == [1, 2]
-    model, cfg2 = load_run(tmp_path / "r")
-    assert cfg2 == config["model"] and not model.training
+    predictor = Predictor.from_run(tmp_path / "r")
+    assert predictor.config == config["model"] and not predictor.model.training
 
 
 def test_weights_from_a_file_and_offline_hub(synth, tmp_path, monkeypatch):
@@ -287,7 +164,7 @@ def test_distributed_training_with_gloo_on_two_processes(synth, tmp_path):
     assert [x["epoch"] for x in lines] == [1, 2]       # written once, by rank 0
     assert all(x["images"] == 4 for x in lines)         # 3 images padded to 4, 2 per process, summed over ranks
     assert r.stderr.count("training maskrcnn") == 1 and r.stderr.count("wrote") == 1  # only rank 0 talks
-    model, _ = load_run(run)
+    model = Predictor.from_run(run).model
     assert sum(torch.isfinite(p).all().item() for p in model.parameters()) == len(list(model.parameters()))
 
 
@@ -299,5 +176,5 @@ def test_amp_training_on_cuda(synth, tmp_path):
     assert all(np.isfinite(h["loss"]) for h in out["history"])
     state = torch.load(tmp_path / "amp" / "last.pt", weights_only=True)
     assert state["scaler"] is not None
-    model, config = load_run(tmp_path / "amp", device="cuda")
-    assert next(model.parameters()).is_cuda
+    predictor = Predictor.from_run(tmp_path / "amp", device="cuda")
+    assert next(predictor.model.parameters()).is_cuda

@@ -1,19 +1,24 @@
-import urllib.error
+"""Training the PRM classifier: labels, augmentation, exact resume, checkpoints, errors, workers."""
+
+from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-import torchvision
 
 from wsis_cli.coco import Dataset, parse_dataset
-from wsis_cli.engine import classifier as engine
-from wsis_cli.engine.checkpoint import load_checkpoint, save_checkpoint
-from wsis_cli.engine.classifier import (SCALES, ClassifierConfig, TrainImages, batch_plan, image_labels, image_tensor,
-                                        load_classifier, train_classifier)
-from wsis_cli.engine.device import resolve_device
+from wsis_cli.engine import train_classifier as engine
+from wsis_cli.engine.checkpoint import load_checkpoint
+from wsis_cli.engine.train_classifier import (
+    SCALES,
+    ClassifierConfig,
+    TrainImages,
+    batch_plan,
+    image_labels,
+    load_classifier,
+    train_classifier,
+)
 from wsis_cli.errors import InputError, WsisError
-from wsis_cli.models.backbones import build_resnet
-from wsis_cli.models.classifier import build_classifier, peak_mask, peak_stimulation
 from wsis_cli.synth import synthesize
 from wsis_cli.weaken import weaken
 
@@ -30,57 +35,6 @@ def synth6(tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------- peaks
-def test_peak_mask_and_stimulation_on_a_hand_made_map():
-    crm = torch.zeros(1, 1, 4, 4)
-    crm[0, 0, 1, 1] = 5.0
-    crm[0, 0, 2, 3] = 3.0
-    peaks = peak_mask(crm)
-    assert peaks.dtype == torch.bool and peaks.shape == (1, 1, 4, 4)
-    assert sorted(map(tuple, peaks[0, 0].nonzero().tolist())) == [(1, 1), (2, 3)]
-    crm.requires_grad_(True)
-    score = peak_stimulation(crm)
-    assert score.shape == (1, 1) and score.item() == pytest.approx(4.0)  # mean of the two peaks
-    score.sum().backward()
-    expect = torch.zeros(4, 4)
-    expect[1, 1] = expect[2, 3] = 0.5
-    assert torch.equal(crm.grad[0, 0], expect)  # the gradient reaches the peaks only
-
-
-def test_peaks_of_a_plateau_negative_values_and_a_constant_map():
-    crm = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]],      # a plateau: both tied maxima are peaks
-                         [[-3.0, -1.0], [-2.0, -4.0]],  # all negative: one peak, above the median
-                         [[2.0, 2.0], [2.0, 2.0]]]])     # constant: nothing above the median
-    peaks = peak_mask(crm)
-    assert peaks[0, 0].tolist() == [[True, True], [False, False]]
-    assert peaks[0, 1].tolist() == [[False, True], [False, False]]
-    assert not peaks[0, 2].any()
-    crm.requires_grad_(True)
-    scores = peak_stimulation(crm)
-    assert scores.tolist() == [[1.0, -1.0, 2.0]]  # a constant map scores its mean
-    scores[0, 2].backward()
-    assert torch.allclose(crm.grad[0, 2], torch.full((2, 2), 0.25))
-
-
-def test_peak_kernel_widens_the_window():
-    crm = torch.zeros(1, 1, 1, 7)
-    crm[0, 0, 0, 1], crm[0, 0, 0, 3] = 2.0, 1.0
-    assert peak_mask(crm, 3)[0, 0, 0].nonzero().flatten().tolist() == [1, 3]
-    assert peak_mask(crm, 5)[0, 0, 0].nonzero().flatten().tolist() == [1]  # 3 is in 1's 5-window
-
-
-# ----------------------------------------------------------------------------- images, labels, augmentation
-def test_image_tensor():
-    rgb = np.zeros((4, 6, 3), dtype=np.uint8)
-    rgb[..., 0] = 255
-    rgb[..., 2] = 51
-    x = image_tensor(rgb, 8)
-    assert x.shape == (3, 8, 8) and x.dtype == torch.float32
-    assert torch.allclose(x[0], torch.ones(8, 8)) and torch.allclose(x[1], torch.zeros(8, 8))
-    assert torch.allclose(x[2], torch.full((8, 8), 0.2))
-    same = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 3)
-    assert torch.equal(image_tensor(same, 2), torch.from_numpy(same).permute(2, 0, 1).float() / 255)
-    big = np.full((64, 32, 3), 200, dtype=np.uint8)
-    assert torch.allclose(image_tensor(big, 16), torch.full((3, 16, 16), 200 / 255))
 
 
 def test_image_labels_from_any_supervision_level():
@@ -118,6 +72,8 @@ def test_augmentation_and_batches_are_deterministic(synth6):
 
 
 # ----------------------------------------------------------------------------- training
+
+
 def _same_state(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
@@ -193,7 +149,7 @@ def test_resume_refuses_other_options_or_data(synth6, tmp_path):
     ds, images = synth6
     out = tmp_path / "c.pt"
     train_classifier(ds, images, ClassifierConfig(epochs=1, **TINY), out=out)
-    with pytest.raises(WsisError, match=r"c.pt: was trained with --lr 0.01, not 0.02; give the same options"):
+    with pytest.raises(WsisError, match=r"c.pt: was trained with --lr 0.01, not 0.02; --resume needs the same options"):
         train_classifier(ds, images, ClassifierConfig(epochs=2, **{**TINY, "lr": 0.02}), out=out, resume=True)
     with pytest.raises(WsisError, match="was trained with --size 64, not 96"):
         train_classifier(ds, images, ClassifierConfig(epochs=2, **{**TINY, "size": 96}), out=out, resume=True)
@@ -241,88 +197,6 @@ def test_training_reduces_the_loss(tmp_path):
 
 
 # ----------------------------------------------------------------------------- weights, checkpoints, devices
-def test_weights_none_and_a_local_state_dict_round_trip(tmp_path):
-    torch.manual_seed(0)
-    ref = torchvision.models.resnet18(weights=None)
-    path = tmp_path / "r18.pth"
-    torch.save(ref.state_dict(), path)
-    net = build_resnet("resnet18", weights=str(path))
-    own = net.state_dict()
-    for k, v in ref.state_dict().items():
-        if not k.startswith("fc."):
-            assert torch.equal(own[k], v), k
-    other = build_resnet("resnet18", weights="none")
-    assert not torch.equal(other.conv1.weight, net.conv1.weight)
-    assert net(torch.rand(1, 3, 64, 64)).shape == (1, 512, 4, 4)  # stride 16
-    # a wsis-classifier checkpoint's backbone also serves as --weights
-    torch.save({"model": {f"backbone.{k}": v for k, v in ref.state_dict().items()}}, tmp_path / "ck.pt")
-    assert torch.equal(build_resnet("resnet18", weights=str(tmp_path / "ck.pt")).conv1.weight, ref.conv1.weight)
-
-
-def test_wrong_weight_files(tmp_path):
-    (tmp_path / "junk.pth").write_text("hello")
-    with pytest.raises(WsisError, match="junk.pth: not a readable torch state dict"):
-        build_resnet("resnet18", weights=str(tmp_path / "junk.pth"))
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
-    with pytest.raises(WsisError, match="r18.pth: .* has shape .*resnet50 needs"):
-        build_resnet("resnet50", weights=str(tmp_path / "r18.pth"))
-    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "part.pth")
-    with pytest.raises(WsisError, match="not resnet18 weights"):
-        build_resnet("resnet18", weights=str(tmp_path / "part.pth"))
-    with pytest.raises(WsisError, match="nowhere.pth: no such file"):
-        build_resnet("resnet18", weights=str(tmp_path / "nowhere.pth"))
-    with pytest.raises(WsisError, match="--backbone must be one of"):
-        build_resnet("vgg16")
-
-
-def test_imagenet_offline_is_a_clear_error(monkeypatch, tmp_path):
-    def offline(url, *args, **kwargs):
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(WsisError, match=r"--weights imagenet: cannot fetch https://\S+resnet18\S+ \(URLError\); "
-                                        r"offline, use --weights none or a local file"):
-        build_classifier(backbone="resnet18", num_classes=2, weights="imagenet")
-
-
-def test_checkpoint_files(tmp_path):
-    path = tmp_path / "sub" / "x.pt"
-    save_checkpoint(path, {"format": "thing", "t": torch.arange(3), "n": None, "l": [1.5, "a", True]})
-    obj = load_checkpoint(path, kind="thing")
-    assert torch.equal(obj["t"], torch.arange(3)) and obj["l"] == [1.5, "a", True]
-    with pytest.raises(WsisError, match=r"x.pt: not a wsis-classifier checkpoint \(it holds format 'thing'\)"):
-        load_checkpoint(path, kind="wsis-classifier")
-    with pytest.raises(WsisError, match="x.pt: not a wsis-classifier checkpoint"):
-        load_classifier(path)
-    (tmp_path / "junk.pt").write_bytes(b"\x00\x01junk")
-    with pytest.raises(WsisError, match=r"junk.pt: not a thing checkpoint \(cannot read it"):
-        load_checkpoint(tmp_path / "junk.pt", kind="thing")
-    torch.save([1, 2], tmp_path / "list.pt")
-    with pytest.raises(WsisError, match="list.pt: not a thing checkpoint .*a list without a 'format' key"):
-        load_checkpoint(tmp_path / "list.pt", kind="thing")
-    with pytest.raises(WsisError, match="none.pt: no such file"):
-        load_checkpoint(tmp_path / "none.pt", kind="thing")
-    with pytest.raises(WsisError, match="is a directory"):
-        save_checkpoint(tmp_path, {"format": "thing"})
-
-
-def test_resolve_device(monkeypatch):
-    assert resolve_device("cpu") == torch.device("cpu")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_device("auto") == torch.device("cpu")
-    for name in ("cuda", "cuda:0"):
-        with pytest.raises(WsisError, match=f"{name} was asked for but no CUDA device is available"):
-            resolve_device(name)
-    for name in ("gpu", "cuda:x", ""):
-        with pytest.raises(WsisError, match="is not a device; give auto, cpu, cuda or cuda:N"):
-            resolve_device(name)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert resolve_device("auto") == torch.device("cuda")
-    assert resolve_device("CUDA:0") == torch.device("cuda:0")
-    with pytest.raises(WsisError, match="only 1 CUDA devices"):
-        resolve_device("cuda:1")
 
 
 def test_engine_module_exports():
