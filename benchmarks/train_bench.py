@@ -12,7 +12,7 @@ Data: ``--data synth`` (default) writes ``--n`` images of ``--size`` px with ``w
 ../shared/data/coco-mini (80 real images; ``--n`` takes the first N). Both sides train on the same
 images and instances: non-crowd annotations with a box of at least 1x1 px, every one with a mask.
 
-(a) ours: :func:`wsis_cli.engine.detector.train_detector`, which is what `wsis train maskrcnn`
+(a) ours: :func:`wsis_cli.engine.train_detector.train_detector`, which is what `wsis train maskrcnn`
     calls, into a fresh temp run folder: SGD (momentum 0.9, weight decay 1e-4 on weights), gradient
     clipping at norm 10, ``last.pt`` + ``best.pt`` + ``metrics.jsonl`` written every epoch (that is
     in its time). Set so the plain loop can match it: ``--weights none``, ``--no-scale-jitter``,
@@ -131,7 +131,7 @@ def _sync(dev: torch.device) -> None:
 
 
 def run_ours(ds, images_dir: Path, args, dev: torch.device, amp: bool, tmp: Path, tag: str) -> dict:
-    from wsis_cli.engine.detector import DetectorConfig, train_detector
+    from wsis_cli.engine.train_detector import DetectorConfig, train_detector
 
     cfg = DetectorConfig(backbone=args.backbone, weights="none", epochs=1 + args.epochs, batch_size=args.batch_size,
                          lr=args.lr, warmup_iters=0, min_size=args.min_size, max_size=args.max_size,
@@ -153,7 +153,8 @@ def run_ours(ds, images_dir: Path, args, dev: torch.device, amp: bool, tmp: Path
 
 
 def run_plain(ds, images_dir: Path, args, dev: torch.device, amp: bool) -> dict:
-    from wsis_cli.engine.detector import _torch_seed
+    from wsis_cli.engine.detection_data import TORCH
+    from wsis_cli.engine.rng import torch_seed
     from wsis_cli.models.detector import build_detector, model_config
 
     records = plain_records(ds, images_dir)
@@ -161,7 +162,7 @@ def run_plain(ds, images_dir: Path, args, dev: torch.device, amp: bool) -> dict:
                           category_names=[str(c["name"]) for c in ds.categories], min_size=args.min_size,
                           max_size=args.max_size, fpn_channels=args.fpn_channels, head_channels=args.head_channels,
                           pretrained=False)
-    torch.manual_seed(_torch_seed(args.seed, -1))  # the initial weights train_detector draws for this seed
+    torch.manual_seed(torch_seed(args.seed, -1, stream=TORCH))  # the initial weights train_detector draws for this seed
     model = build_detector(config, weights="none").to(dev)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wsis_cli.boxes import box_area, box_iou, mask_to_box, xywh_to_xyxy, xyxy_to_xywh
+from wsis_cli.boxes import box_area, box_iou, mask_to_box, nms, xywh_to_xyxy, xyxy_to_xywh
 
 coord = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False)
 size = st.floats(0, 1e4, allow_nan=False, allow_infinity=False)
@@ -47,3 +47,18 @@ def test_mask_to_box_uses_pixel_edges():
     m[2:5, 3:9] = True
     np.testing.assert_array_equal(mask_to_box(m), [3, 2, 9, 5])
     np.testing.assert_array_equal(mask_to_box(np.zeros((4, 4), bool)), [0, 0, 0, 0])
+
+
+# ----------------------------------------------------------------------------- nms
+def test_nms_keeps_the_best_of_overlapping_boxes_per_class():
+    boxes = [[0, 0, 10, 10], [1, 1, 11, 11], [0, 0, 10, 10], [50, 50, 60, 60]]
+    scores = [0.5, 0.9, 0.7, 0.1]
+    np.testing.assert_array_equal(nms(boxes, scores, iou_thr=0.5), [1, 3])
+    np.testing.assert_array_equal(nms(boxes, scores, [1, 1, 2, 1], iou_thr=0.5), [1, 2, 3])  # class-wise
+    assert nms(np.zeros((0, 4)), np.zeros(0)).shape == (0,)
+
+
+def test_nms_suppresses_above_the_threshold_only_and_breaks_ties_by_index():
+    boxes = [[0, 0, 10, 10], [0, 0, 10, 20]]  # IoU exactly 0.5
+    np.testing.assert_array_equal(nms(boxes, [0.5, 0.5], iou_thr=0.5), [0, 1])
+    np.testing.assert_array_equal(nms(boxes, [0.5, 0.5], iou_thr=0.4), [0])

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["xywh_to_xyxy", "xyxy_to_xywh", "box_area", "box_iou", "mask_to_box"]
+__all__ = ["SMALL_AREA", "xywh_to_xyxy", "xyxy_to_xywh", "box_area", "box_iou", "mask_to_box", "nms"]
+
+SMALL_AREA = 64 * 64  # small vs large instances (COCO's AP_S/AP_L split, the hybrid paper's branches), in px
 
 
 def _as_boxes(boxes) -> np.ndarray:
@@ -61,3 +63,34 @@ def mask_to_box(mask: np.ndarray) -> np.ndarray:
         return np.zeros(4)
     xs = np.flatnonzero(mask.any(axis=0))
     return np.array([xs[0], ys[0], xs[-1] + 1, ys[-1] + 1], dtype=np.float64)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, category_ids: np.ndarray | None = None, *,
+        iou_thr: float = 0.5) -> np.ndarray:
+    """Greedy non-maximum suppression, class-wise when ``category_ids`` is given.
+
+    ``boxes`` (N, 4) ``x1, y1, x2, y2``; ``scores`` (N,); ``category_ids`` (N,) or None (all one
+    class). A box is suppressed when its IoU with a kept, higher-ranked box of its class is
+    above ``iou_thr`` (as torchvision's ``nms``). Ranking is by score, ties by index (the earlier
+    first). Returns the kept indices (int64), best score first.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    n = len(boxes)
+    if len(scores) != n:
+        raise ValueError("boxes and scores must have one length")
+    cats = np.zeros(n, np.int64) if category_ids is None else np.asarray(category_ids, np.int64).reshape(-1)
+    if len(cats) != n:
+        raise ValueError("boxes and category_ids must have one length")
+    order = np.argsort(-scores, kind="stable")
+    keep = np.zeros(n, dtype=bool)
+    for c in np.unique(cats):
+        idx = order[cats[order] == c]  # this class, best first
+        iou = box_iou(boxes[idx], boxes[idx])
+        alive = np.ones(len(idx), dtype=bool)
+        for i in range(len(idx)):
+            if not alive[i]:
+                continue
+            keep[idx[i]] = True
+            alive[i + 1:] &= iou[i, i + 1:] <= iou_thr
+    return order[keep[order]].astype(np.int64)

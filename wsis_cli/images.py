@@ -14,7 +14,9 @@ import numpy as np
 
 from wsis_cli.errors import InputError, WsisError
 
-__all__ = ["read_image", "read_sized_image", "write_image", "image_path"]
+__all__ = ["IMAGE_SUFFIXES", "read_image", "read_sized_image", "write_image", "image_path", "folder_images"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -66,3 +68,16 @@ def read_sized_image(path: str | os.PathLike, image: dict, dataset: str | None =
         raise InputError(path, f"is {rgb.shape[1]}x{rgb.shape[0]} px but image {image['id']} of "
                                f"{dataset or 'the dataset'} says {image['width']}x{image['height']}")
     return rgb
+
+
+def folder_images(images_dir: str | os.PathLike) -> list[dict]:
+    """COCO image records for the image files directly in ``images_dir``, ids 1..N in sorted
+    file-name order (what ``predict`` numbers images by when no dataset is given)."""
+    files = sorted(p for p in Path(images_dir).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise WsisError(f"{images_dir}: holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+    out = []
+    for i, p in enumerate(files, start=1):
+        h, w = read_image(p).shape[:2]
+        out.append({"id": i, "file_name": p.name, "height": h, "width": w})
+    return out

@@ -34,21 +34,27 @@ def predict(
     """Instance masks (compressed RLE), boxes and scores for every image, as a COCO results list;
     `iou` (the predicted mask IoU) too when the model has the IoU head."""
     from wsis_cli.coco import display_name, load_dataset
-    from wsis_cli.inference import predict as run_predict
+    from wsis_cli.engine.predictor import Predictor
+    from wsis_cli.images import folder_images
 
-    dev = device  # checked by the --device option
     ds = load_dataset(dataset) if dataset is not None else None
+    predictor = Predictor.from_run(run, device)
+    fusion = None
+    if small_branch is not None:
+        from wsis_cli.pseudo.hybrid import HybridFusion
+
+        fusion = HybridFusion(predictor, Predictor.from_run(small_branch, predictor.device), seed=seed,
+                              score_thr=score_thr, large_name=str(run), small_name=str(small_branch))
+    todo = ds.images if ds is not None else folder_images(images)
     with progress_bar("predicting") as progress:
-        results, summary = run_predict(run, images, dataset=ds, device=dev, score_thr=score_thr,
-                                       batch_size=batch_size, small_branch=small_branch, seed=seed,
-                                       progress=progress)
+        results = predictor.predict_images(todo, images, dataset=ds, score_thr=score_thr, batch_size=batch_size,
+                                           transform=fusion, progress=progress)
     write_output(out, results)
-    line = f"{summary['detections']} detections in {summary['images']} images"
+    line = f"{len(results)} detections in {len(todo)} images"
     if dataset is None:
-        line += f" (image ids 1..{summary['images']} in file-name order of {images})"
+        line += f" (image ids 1..{len(todo)} in file-name order of {images})"
     else:
         line += f" of {display_name(dataset)}"
-    if "fusion" in summary:
-        f = summary["fusion"]
-        line += f"; {f['from_small_branch']} from the small branch ({f['ellipses']} ellipses)"
+    if fusion is not None:
+        line += f"; {fusion.counts['from_small_branch']} from the small branch ({fusion.counts['ellipses']} ellipses)"
     info(line)

@@ -68,14 +68,15 @@ def score_iou(
     options = {"pred": pred, "gt": gt, "model": model, "images": images, "dataset": dataset, "compare": compare}
     if model is not None:
         from wsis_cli.coco import load_dataset
-        from wsis_cli.inference import predicted_scores
+        from wsis_cli.engine.predictor import Predictor
+        from wsis_cli.iou_scores import predicted_scores
 
-        dev = device
         options.update(score_thr=score_thr, batch_size=batch_size, device=device, rank=rank)
+        ds = load_dataset(dataset) if dataset else None
+        predictor = Predictor.from_run(model, device)
         with progress_bar("scoring") as progress:
-            rec = predicted_scores(model=model, images=images, dataset=load_dataset(dataset) if dataset else None,
-                                   device=dev, score_thr=score_thr, batch_size=batch_size, rank=rank,
-                                   progress=progress)
+            rec = predicted_scores(predictor, images, dataset=ds, score_thr=score_thr, batch_size=batch_size,
+                                   rank=rank, name=str(model), progress=progress)
         rec = {"info": {"wsis": provenance("score-iou", options, None)},
                **{k: v for k, v in rec.items() if k != "info"}}
     else:

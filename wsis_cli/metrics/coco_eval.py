@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from wsis_cli.boxes import SMALL_AREA
 from wsis_cli.coco import Dataset, _check_segmentation, ann_record, has_segmentation, segm_to_rle
 from wsis_cli.errors import InputError, WsisError
 
 __all__ = ["evaluate", "normalise_predictions", "SMALL_AREA", "STANDARD_IOU_THRS"]
 
-SMALL_AREA = 64 * 64
 STANDARD_IOU_THRS = np.round(np.linspace(0.5, 0.95, 10), 2)
 
 

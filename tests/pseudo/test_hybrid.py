@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from wsis_cli import fusion
+from wsis_cli.pseudo import hybrid
 from wsis_cli.detections import Detections
-from wsis_cli.fusion import SMALL_AREA, fuse, fuse_with_grabcut, nms, select_fused, small_branch_masks
+from wsis_cli.boxes import SMALL_AREA
+from wsis_cli.pseudo.hybrid import fuse, fuse_with_grabcut, select_fused, small_branch_masks
 from wsis_cli.metrics import mask_iou
 from wsis_cli.pseudo.fallback import box_mask, ellipse_mask
 from wsis_cli.pseudo.grabcut import GrabCutConfig
@@ -26,21 +27,6 @@ LARGE = [(10, 10, 40, 40, 0.6, 1), (100, 100, 190, 190, 0.9, 1), (50, 10, 80, 40
 # box but class 2 (kept); S4 overlaps L2 with a lower score (suppressed)
 SMALL = [(12, 12, 42, 42, 0.8, 1), (150, 10, 170, 30, 0.7, 1), (0, 100, 90, 190, 0.95, 1),
          (12, 12, 42, 42, 0.4, 2), (52, 12, 82, 42, 0.3, 2)]
-
-
-# ----------------------------------------------------------------------------- nms
-def test_nms_keeps_the_best_of_overlapping_boxes_per_class():
-    boxes = [[0, 0, 10, 10], [1, 1, 11, 11], [0, 0, 10, 10], [50, 50, 60, 60]]
-    scores = [0.5, 0.9, 0.7, 0.1]
-    np.testing.assert_array_equal(nms(boxes, scores, iou_thr=0.5), [1, 3])
-    np.testing.assert_array_equal(nms(boxes, scores, [1, 1, 2, 1], iou_thr=0.5), [1, 2, 3])  # class-wise
-    assert nms(np.zeros((0, 4)), np.zeros(0)).shape == (0,)
-
-
-def test_nms_suppresses_above_the_threshold_only_and_breaks_ties_by_index():
-    boxes = [[0, 0, 10, 10], [0, 0, 10, 20]]  # IoU exactly 0.5
-    np.testing.assert_array_equal(nms(boxes, [0.5, 0.5], iou_thr=0.5), [0, 1])
-    np.testing.assert_array_equal(nms(boxes, [0.5, 0.5], iou_thr=0.4), [0])
 
 
 # ----------------------------------------------------------------------------- fuse
@@ -150,13 +136,13 @@ def test_small_branch_masks_of_no_detections_and_a_wrong_image():
 def test_fuse_with_grabcut_runs_grabcut_on_survivors_only(monkeypatch):
     img, disc = scene()
     calls = []
-    real = fusion.segment_boxes
+    real = hybrid.segment_boxes
 
     def counting(image, boxes, seeds, cfg):
         calls.append(np.asarray(boxes).copy())
         return real(image, boxes, seeds, cfg)
 
-    monkeypatch.setattr(fusion, "segment_boxes", counting)
+    monkeypatch.setattr(hybrid, "segment_boxes", counting)
     large = dets([(0, 0, 30, 30, 0.9, 1), (100, 0, 190, 90, 0.6, 2)])  # a small and a large instance
     small = dets([(1, 1, 31, 31, 0.5, 1),          # loses to the large branch's small instance
                   (26, 26, 54, 54, 0.8, 1),        # the disc: kept, GrabCut mask
@@ -174,7 +160,7 @@ def test_fuse_with_grabcut_runs_grabcut_on_survivors_only(monkeypatch):
     np.testing.assert_array_equal(out.masks[2], ellipse_mask([140, 140, 180, 180], H, W))
     assert out.ious is None
     # a survivor's mask is the one small_branch_masks gives it (seeded by its index in `small`)
-    monkeypatch.setattr(fusion, "segment_boxes", real)
+    monkeypatch.setattr(hybrid, "segment_boxes", real)
     every, _ = small_branch_masks(img, small, CFG, seed=3)
     np.testing.assert_array_equal(out.masks[1], every.masks[1])
     np.testing.assert_array_equal(out.masks[2], every.masks[3])

@@ -23,43 +23,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from wsis_cli.boxes import box_area, box_iou
+from wsis_cli.boxes import SMALL_AREA, box_area, nms
 from wsis_cli.detections import Detections
-from wsis_cli.metrics.coco_eval import SMALL_AREA
 from wsis_cli.pseudo.grabcut import GrabCutConfig, box_seed, segment_boxes
 
-__all__ = ["SMALL_AREA", "Fused", "nms", "select_fused", "small_branch_masks", "fuse", "fuse_with_grabcut"]
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, category_ids: np.ndarray | None = None, *,
-        iou_thr: float = 0.5) -> np.ndarray:
-    """Greedy non-maximum suppression, class-wise when ``category_ids`` is given.
-
-    ``boxes`` (N, 4) ``x1, y1, x2, y2``; ``scores`` (N,); ``category_ids`` (N,) or None (all one
-    class). A box is suppressed when its IoU with a kept, higher-ranked box of its class is
-    above ``iou_thr`` (as torchvision's ``nms``). Ranking is by score, ties by index (the earlier
-    first). Returns the kept indices (int64), best score first.
-    """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    n = len(boxes)
-    if len(scores) != n:
-        raise ValueError("boxes and scores must have one length")
-    cats = np.zeros(n, np.int64) if category_ids is None else np.asarray(category_ids, np.int64).reshape(-1)
-    if len(cats) != n:
-        raise ValueError("boxes and category_ids must have one length")
-    order = np.argsort(-scores, kind="stable")
-    keep = np.zeros(n, dtype=bool)
-    for c in np.unique(cats):
-        idx = order[cats[order] == c]  # this class, best first
-        iou = box_iou(boxes[idx], boxes[idx])
-        alive = np.ones(len(idx), dtype=bool)
-        for i in range(len(idx)):
-            if not alive[i]:
-                continue
-            keep[idx[i]] = True
-            alive[i + 1:] &= iou[i, i + 1:] <= iou_thr
-    return order[keep[order]].astype(np.int64)
+__all__ = ["Fused", "select_fused", "small_branch_masks", "fuse", "fuse_with_grabcut", "HybridFusion"]
 
 
 def select_fused(large: Detections, small: Detections, *, small_area: float = SMALL_AREA,
@@ -169,3 +137,40 @@ def fuse_with_grabcut(image: np.ndarray, large: Detections, small_boxes_only: De
     valid = np.concatenate([np.ones(len(li), bool), valid_small])
     order = _by_score(out)
     return Fused(out.take(order), from_small[order], valid[order])
+
+
+class HybridFusion:
+    """The fusion as :meth:`Predictor.predict_images <wsis_cli.engine.predictor.Predictor.predict_images>`
+    applies it to each image: ``fusion(image_record, rgb, large_detections)`` runs the small branch on
+    the image and returns :func:`fuse_with_grabcut`'s detections (GrabCut seeded by ``seed`` + the
+    image id). ``counts`` keeps how many fused instances came from the small branch and how many
+    of those are fallback ellipses.
+
+    ``large`` must be a mask model and ``small`` a box-only detector of the same categories;
+    ``large_name`` and ``small_name`` (their run folders) name them in errors.
+    """
+
+    def __init__(self, large, small, *, seed: int = 0, score_thr: float = 0.05, small_area: float = SMALL_AREA,
+                 nms_iou: float = 0.5, large_name: str = "the mask model", small_name: str = "the small branch"):
+        from wsis_cli.errors import WsisError
+
+        if not large.has_masks:
+            raise WsisError(f"{large_name}: --small-branch fuses with a mask model, and this one was trained with "
+                            "--boxes-only")
+        if small.config["architecture"] != "fasterrcnn":
+            raise WsisError(f"{small_name}: the small branch must be a box-only detector (train maskrcnn --boxes-only)")
+        if small.config["category_ids"] != large.config["category_ids"]:
+            raise WsisError(f"{small_name}: was trained on categories {small.config['category_ids']}, the mask model "
+                            f"on {large.config['category_ids']}; both branches need the same categories")
+        self.small, self.seed, self.score_thr = small, seed, score_thr
+        self.small_area, self.nms_iou = small_area, nms_iou
+        self.grabcut = GrabCutConfig(seed=seed)
+        self.counts = {"from_small_branch": 0, "ellipses": 0}
+
+    def __call__(self, image: dict, rgb: np.ndarray, large: Detections) -> Detections:
+        boxes = self.small.detect([rgb], score_thr=self.score_thr)[0]
+        fused = fuse_with_grabcut(rgb, large, boxes, self.grabcut, self.seed + int(image["id"]),
+                                  small_area=self.small_area, nms_iou=self.nms_iou)
+        self.counts["from_small_branch"] += int(fused.from_small.sum())
+        self.counts["ellipses"] += int((fused.from_small & ~fused.valid).sum())
+        return fused.detections
