@@ -2,7 +2,7 @@
 
     python benchmarks/evaluate_bench.py [--data ../shared/data/coco-mini] [--repeat 5]
 
-Predictions are the ground truth damaged by wsis_cli.metrics.perturb (eroded/dilated, 20%
+Predictions are the ground truth damaged by tests/perturb.py (eroded/dilated, 20%
 dropped, 15% relabelled, random scores), written to a temp results file. Both sides start from
 the JSON files on disk:
 
@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import io
 import json
+import sys
 import platform
 import tempfile
 import time
@@ -68,7 +69,8 @@ def main() -> None:
         raise SystemExit(f"{args.data}: not found (the benchmark needs ../shared/data/coco-mini)")
 
     from wsis_cli.coco import load_dataset
-    from wsis_cli.metrics.perturb import perturbed_predictions
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' damaged-prediction maker
+    from perturb import perturbed_predictions
 
     print(f"machine: {platform.node()} {platform.machine()}, python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,9 +1,7 @@
-import json
 
 import pytest
 
 from wsis_cli.budget import SECONDS_PER_DAY, CostModel, budget, per_image_seconds
-from wsis_cli.cli.app import app
 from wsis_cli.errors import WsisError
 
 
@@ -56,31 +54,3 @@ def test_overrides_change_the_model():
         CostModel(classes=1, classes_per_image=2)
 
 
-def test_cli_json(runner):
-    r = runner.invoke(app, ["budget", "--strong", "200", "--weak", "9118", "--weak-type", "ilc", "--json"])
-    assert r.exit_code == 0, r.output
-    rec = json.loads(r.stdout)
-    assert set(rec) >= {"per_image_seconds", "strong", "weak", "total", "equivalent_full_images"}
-    assert set(rec["strong"]) == {"images", "seconds", "days"}
-    assert set(rec["weak"]) == {"images", "type", "seconds", "days"}
-    assert set(rec["total"]) == {"seconds", "hours", "days"}
-    assert round(rec["total"]["days"], 2) == 2.90
-    assert rec["info"]["wsis"]["verb"] == "budget"
-
-
-def test_cli_table_and_overrides(runner):
-    r = runner.invoke(app, ["budget", "--strong", "1", "--weak", "1", "--weak-type", "il", "--t-mask", "100"])
-    assert r.exit_code == 0, r.output
-    assert r.stdout == ""  # the table is for people: stderr
-    assert "total" in r.stderr and "fully annotated images" in r.stderr
-    assert "298.50" in r.stderr  # (20 - 1.5) * 1 + 2.8 * 100
-
-
-def test_cli_bad_input(runner):
-    r = runner.invoke(app, ["budget", "--strong", "1", "--weak-type", "pixels"])
-    assert r.exit_code == 2 and "must be one of il, ilc, box, full" in r.stderr
-    r = runner.invoke(app, ["budget", "--strong", "-3"])
-    assert r.exit_code == 2
-    r = runner.invoke(app, ["budget", "--strong", "1", "--t-mask", "inf", "--json"])
-    assert r.exit_code == 1
-    assert r.stderr.strip() == "wsis: error: cost model: t_mask must be a finite number >= 0, got inf"

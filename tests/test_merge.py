@@ -6,7 +6,7 @@ import pytest
 
 from wsis_cli.coco import parse_dataset
 from wsis_cli.errors import InputError
-from wsis_cli.merge import merge_datasets
+from wsis_cli.merge import made_differently, merge_datasets
 
 from conftest import ann, make_dataset, rect_mask
 
@@ -33,3 +33,11 @@ def test_renumber_refuses_one_image_labelled_by_two_inputs():
     with pytest.raises(InputError, match="again.json: annotation 7 \\(image 1\\): has annotations of image 1, as "
                                          "strong.json has"):
         merge_datasets([strong, again], renumber=True)
+
+
+def test_made_differently_ignores_shards_and_input_names():
+    part = {"verb": "pseudolabel grabcut", "options": {"boxes": "a.json", "shard": "1/2", "iters": 5}}
+    other_shard = {"verb": "pseudolabel grabcut", "options": {"boxes": "b.json", "shard": "2/2", "iters": 5}}
+    assert not made_differently([part, other_shard, None, "text"])
+    assert made_differently([part, {**part, "options": {**part["options"], "iters": 3}}])
+    assert not made_differently([])

@@ -3,7 +3,6 @@ import json
 import cv2
 import numpy as np
 
-from wsis_cli.cli.app import app
 from wsis_cli.coco import load_dataset, rle_to_mask
 from wsis_cli.images import read_image
 from wsis_cli.synth import CLASSES, make_image, synthesize
@@ -52,18 +51,3 @@ def test_default_size_has_small_and_large_objects(tmp_path):
     assert 0.3 < small < 0.85, small
 
 
-def test_cli_synth_is_deterministic(runner, tmp_path):
-    for name in ("a", "b"):
-        r = runner.invoke(app, ["data", "synth", "--out", str(tmp_path / name), "--n", "3", "--size", "64", "--seed", "5"])
-        assert r.exit_code == 0, r.output
-    a = json.loads((tmp_path / "a" / "gt.json").read_text())
-    b = json.loads((tmp_path / "b" / "gt.json").read_text())
-    a["info"]["wsis"]["options"].pop("out"), b["info"]["wsis"]["options"].pop("out")
-    assert a == b
-    assert a["info"]["wsis"]["seed"] == 5
-    assert (tmp_path / "a" / "images" / "000001.png").read_bytes() == (tmp_path / "b" / "images" / "000001.png").read_bytes()
-
-
-def test_cli_synth_bad_size(runner, tmp_path):
-    r = runner.invoke(app, ["data", "synth", "--out", str(tmp_path), "--size", "8"])
-    assert r.exit_code == 2

@@ -1,9 +1,7 @@
-import json
 
 import pytest
+from conftest import ann, rect_mask
 
-from conftest import ann, make_dataset, rect_mask, write
-from wsis_cli.cli.app import app
 from wsis_cli.coco import parse_dataset, supervision_level
 from wsis_cli.weaken import weaken
 
@@ -41,26 +39,6 @@ def test_il_one_label_per_present_class(with_crowd):
     out = weaken(parse_dataset(with_crowd), "il")
     assert [(a["id"], a["image_id"], a["category_id"], a["count"]) for a in out.annotations] == \
         [(1, 1, 1, None), (2, 1, 2, None), (3, 2, 1, None), (4, 2, 2, None)]
-
-
-def test_cli(runner, tmp_path, two_images):
-    gt = write(tmp_path / "gt.json", two_images)
-    r = runner.invoke(app, ["data", "weaken", str(gt), "--to", "ilc"])
-    assert r.exit_code == 0, r.output
-    obj = json.loads(r.stdout)
-    assert len(obj["annotations"]) == 3 and obj["info"]["wsis"]["options"]["to"] == "ilc"
-    assert parse_dataset(obj).levels()["ilc"] == 3
-    r = runner.invoke(app, ["data", "weaken", str(gt), "--to", "points"])
-    assert r.exit_code == 2
-
-
-def test_cli_cannot_box_an_image_label(runner, tmp_path):
-    ds = make_dataset([(1, 8, 8)], [{"id": 1, "image_id": 1, "category_id": 1}])
-    gt = write(tmp_path / "il.json", ds)
-    r = runner.invoke(app, ["data", "weaken", str(gt), "--to", "box", "--out", str(tmp_path / "o.json")])
-    assert r.exit_code == 1
-    assert r.stderr.strip() == f"wsis: error: {gt}: annotation 1 (image 1): has neither a bbox nor a mask, so it cannot become a box label"
-    assert not (tmp_path / "o.json").exists()
 
 
 def test_weakening_never_invents_counts(two_images):

@@ -13,7 +13,7 @@ import json
 from wsis_cli.coco import Dataset
 from wsis_cli.errors import InputError, WsisError
 
-__all__ = ["merge_datasets"]
+__all__ = ["merge_datasets", "made_differently"]
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -64,3 +64,12 @@ def merge_datasets(datasets: list[Dataset], *, renumber: bool = False) -> Datase
     return Dataset(images=[images[k][0] for k in sorted(images)], annotations=annotations,
                    categories=first.categories, info={k: v for k, v in first.info.items() if k != "wsis"},
                    licenses=first.licenses, path="<merged>")
+
+
+def made_differently(provenances: list) -> bool:
+    """Whether the inputs' ``info.wsis`` records show different options (shard and input names
+    aside): parts of one sharded run never do."""
+    made = {json.dumps({k: v for k, v in (w.get("options") or {}).items() if k not in ("shard", "boxes")},
+                       sort_keys=True, default=str)
+            for w in provenances if isinstance(w, dict)}
+    return len(made) > 1

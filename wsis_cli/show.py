@@ -15,7 +15,7 @@ import numpy as np
 
 from wsis_cli.coco import has_segmentation, rle_to_mask, segm_to_rle
 
-__all__ = ["instance_colour", "render_overlay", "contact_sheet", "is_fallback"]
+__all__ = ["instance_colour", "render_overlay", "contact_sheet", "is_fallback", "show_dataset"]
 
 
 def instance_colour(i: int) -> tuple[int, int, int]:
@@ -111,3 +111,27 @@ def contact_sheet(tiles: list[tuple[str, np.ndarray]], *, cell: int = 256, cols:
         sheet[y0:y0 + th, x0:x0 + tw] = thumb
         _text(sheet, caption, x0 + 3, y0 + cell + 12, (230, 230, 230))
     return sheet
+
+
+def show_dataset(ds, images: list[dict], images_dir, out_dir, *, progress=None) -> int:
+    """Write ``<image id>.png`` overlays of ``images`` (records of ``ds``) and ``contact_sheet.png``
+    into ``out_dir``; every image file is checked before the first is drawn. Returns how many
+    fallback masks were drawn hatched."""
+    from pathlib import Path
+
+    from wsis_cli.images import image_path, read_image, write_image
+
+    paths = [image_path(images_dir, im, dataset=ds.path) for im in images]  # all there before any drawing
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tiles, n_fallback = [], 0
+    for k, (im, path) in enumerate(zip(images, paths), start=1):
+        anns = ds.anns_by_image[im["id"]]
+        n_fallback += sum(is_fallback(a) for a in anns)
+        pic = render_overlay(read_image(path), anns, ds.category_by_id)
+        write_image(out_dir / f"{im['id']}.png", pic)
+        tiles.append((f"{im['id']}: {len(anns)}", pic))
+        if progress:
+            progress(k, len(images))
+    write_image(out_dir / "contact_sheet.png", contact_sheet(tiles))
+    return n_fallback

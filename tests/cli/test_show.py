@@ -1,38 +1,12 @@
+"""`wsis show`: overlays written for a dataset, --ids as a list or a file, errors."""
+
 import json
 
-import numpy as np
 
 from conftest import write
 from wsis_cli.cli.app import app
 from wsis_cli.images import read_image
-from wsis_cli.show import contact_sheet, instance_colour, is_fallback, render_overlay
 from wsis_cli.synth import synthesize
-
-
-def test_overlay_marks_fallback_masks_differently():
-    rgb = np.full((40, 40, 3), 100, np.uint8)
-    from wsis_cli.coco import mask_to_rle
-    from wsis_cli.pseudo.fallback import ellipse_mask
-
-    m = ellipse_mask([5, 5, 35, 35], 40, 40)
-    good = {"category_id": 1, "bbox": [5, 5, 30, 30], "segmentation": mask_to_rle(m),
-            "wsis": {"method": "grabcut", "valid": True, "box_iou": 0.9}}
-    bad = dict(good, wsis={"method": "ellipse", "valid": False, "box_iou": 0.2})
-    assert not is_fallback(good) and is_fallback(bad)
-    a = render_overlay(rgb, [good], {1: {"name": "x"}}, min_side=40)
-    b = render_overlay(rgb, [bad], {1: {"name": "x"}}, min_side=40)
-    inside = m.copy()
-    inside[:10] = False  # away from the label text
-    colour = np.array(instance_colour(0))
-    tinted = lambda img: (np.abs(img[inside].astype(int) - colour).sum(1) < np.abs(100 - colour).sum()).mean()
-    assert tinted(a) > 0.95  # solid fill
-    assert 0.3 < tinted(b) < 0.7  # hatched: about half the pixels
-
-
-def test_contact_sheet_grid():
-    tiles = [(str(i), np.full((20, 30, 3), i * 40, np.uint8)) for i in range(5)]
-    sheet = contact_sheet(tiles, cell=32)
-    assert sheet.shape == (2 * (32 + 16), 3 * 32, 3)
 
 
 def test_cli(runner, tmp_path):

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from wsis_cli.cli.io import cli_errors, info, progress_bar, warn, write_output
-from wsis_cli.cli.options import Out, Seed
+from wsis_cli.cli.options import Out, Seed, image_ids
 
 app = typer.Typer(help="Make, convert, weaken and split COCO datasets.", no_args_is_help=True)
 
@@ -76,39 +76,24 @@ def voc(
 @cli_errors
 def subset(
     dataset: Annotated[str, typer.Argument(help="COCO dataset; '-' = stdin.")],
-    ids: Annotated[str | None, typer.Option("--ids", help="File of image ids (text, JSON list, or `wsis select` output).")] = None,
+    ids: Annotated[str | None, typer.Option("--ids", help="Image ids: comma-separated, or a file of them (text, JSON list, or `wsis select` output).")] = None,
     n: Annotated[int | None, typer.Option("--n", min=0, help="Take K random images instead of --ids.")] = None,
     complement: Annotated[bool, typer.Option("--complement", help="Keep every image except those chosen.")] = False,
     seed: Seed = 0,
     out: Out = "-",
 ) -> None:
     """A subset of a dataset by image ids (or K random images), annotations included."""
-    import numpy as np
-
-    from wsis_cli.coco import compress_masks, display_name, load_dataset, provenance, read_ids
-    from wsis_cli.errors import InputError, WsisError
+    from wsis_cli.coco import display_name, load_dataset, provenance
+    from wsis_cli.subset import subset_dataset
 
     if (ids is None) == (n is None):
         raise typer.BadParameter("give exactly one of --ids FILE or --n K", param_hint="--ids/--n")
     if dataset == "-" and ids == "-":
         raise typer.BadParameter("the dataset and --ids cannot both be read from stdin", param_hint="--ids")
     ds = load_dataset(dataset)
-    if ids is not None:
-        chosen = read_ids(ids)
-        unknown = [i for i in chosen if i not in ds.image_by_id]
-        if unknown:
-            raise InputError(display_name(ids), f"image id {unknown[0]} is not in {display_name(dataset)}"
-                             + (f" ({len(unknown)} such ids)" if len(unknown) > 1 else ""))
-    else:
-        if n > len(ds.images):
-            raise WsisError(f"{display_name(dataset)}: asked for {n} images but it has {len(ds.images)}")
-        all_ids = sorted(ds.image_by_id)
-        chosen = [all_ids[i] for i in np.random.default_rng(seed).permutation(len(all_ids))[:n]]
-    keep = set(chosen)
-    if complement:
-        keep = set(ds.image_by_id) - keep
-    sub = ds.subset(keep)
-    compress_masks(sub)
+    chosen = image_ids(ids) if ids is not None else None
+    sub = subset_dataset(ds, ids=chosen, n=n, complement=complement, seed=seed,
+                         ids_source=display_name(ids) if ids is not None else "--ids")
     write_output(out, sub.to_json(provenance("data subset", {"dataset": dataset, "ids": ids, "n": n,
                                                               "complement": complement}, seed)))
     info(f"{len(sub.images)} of {len(ds.images)} images, {len(sub.annotations)} annotations")
@@ -125,20 +110,15 @@ def merge(
 ) -> None:
     """Join datasets (e.g. `--shard K/N` outputs): ids kept, images and annotations by id,
     an id with two different records is an error (with --renumber, annotations get new ids)."""
-    import json
-
     from wsis_cli.coco import load_dataset, provenance
-    from wsis_cli.merge import merge_datasets
+    from wsis_cli.merge import made_differently, merge_datasets
 
     if sum(d == "-" for d in datasets) > 1:
         raise typer.BadParameter("stdin ('-') can be read once", param_hint="DATASETS")
     parts = [load_dataset(d) for d in datasets]
     merged = merge_datasets(parts, renumber=renumber)
     inputs = [p.info.get("wsis") for p in parts]
-    made = {json.dumps({k: v for k, v in (w.get("options") or {}).items() if k not in ("shard", "boxes")},
-                       sort_keys=True, default=str)
-            for w in inputs if isinstance(w, dict)}
-    if len(made) > 1:
+    if made_differently(inputs):
         warn("the inputs were made with different options (see info.wsis.inputs of the output)")
     prov = provenance("data merge", {"datasets": datasets, "renumber": renumber})
     prov["inputs"] = inputs

@@ -58,6 +58,19 @@ def parse_floats(values: list[str] | None, *, option: str, lo: float | None = No
     return out
 
 
+def image_ids(text: str, option: str = "--ids") -> list[int]:
+    """``--ids``: image ids as a comma-separated list (``3,7,9``) or a file of them (see
+    :func:`wsis_cli.coco.read_ids`; ``-`` reads stdin); anything else is a usage error."""
+    from wsis_cli.coco import read_ids
+
+    parts = [p.strip() for p in text.split(",")]
+    if all(p.lstrip("-").isdigit() for p in parts):
+        return [int(p) for p in parts]
+    if text == "-" or Path(text).is_file():
+        return read_ids(text)
+    raise typer.BadParameter(f"{text!r} is neither a comma-separated list of image ids nor a file", param_hint=option)
+
+
 def choice(value: str, choices: tuple[str, ...], option: str) -> str:
     """``value`` when it is one of ``choices``, else a usage error naming ``option``."""
     if value not in choices:

@@ -9,11 +9,9 @@ import typer
 
 from wsis_cli.cli.io import cli_errors, info, progress_bar
 from wsis_cli.cli.options import Device, ImagesDir, Seed
-from wsis_cli.models import DETECTOR_BACKBONES, IOU_TARGETS
+from wsis_cli.models import CLASSIFIER_BACKBONES, DETECTOR_BACKBONES, IOU_TARGETS
 
 app = typer.Typer(help="Train models.", no_args_is_help=True)
-
-BACKBONE_NAMES = ("resnet50", "resnet18")
 
 
 @app.command("classifier")
@@ -50,8 +48,8 @@ def classifier(
     """
     from wsis_cli.coco import load_dataset
 
-    if backbone not in BACKBONE_NAMES:
-        raise typer.BadParameter(f"must be one of {', '.join(BACKBONE_NAMES)}", param_hint="--backbone")
+    if backbone not in CLASSIFIER_BACKBONES:
+        raise typer.BadParameter(f"must be one of {', '.join(CLASSIFIER_BACKBONES)}", param_hint="--backbone")
     if not lr > 0:
         raise typer.BadParameter("must be a positive number", param_hint="--lr")
     if out.is_dir():

@@ -26,7 +26,7 @@ from wsis_cli.engine.rng import keyed_rng
 from wsis_cli.errors import WsisError
 from wsis_cli.images import image_path, read_sized_image
 
-__all__ = ["TrainSet", "training_set", "DetectionImages", "collate_detection", "epoch_batches", "SAMPLE", "ORDER",
+__all__ = ["TrainSet", "training_set", "check_validation_set", "DetectionImages", "collate_detection", "epoch_batches", "SAMPLE", "ORDER",
            "TORCH"]
 
 SAMPLE, ORDER, TORCH = range(3)  # independent random streams: per-image draws, the epoch's order, torch's seed
@@ -149,3 +149,14 @@ def epoch_batches(n: int, batch_size: int, *, seed: int, epoch: int, rank: int =
         order = (order * world)[: -(-len(order) // world) * world]  # cyclic, also when n < world
     mine = order[rank::world]
     return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+
+
+def check_validation_set(vds: Dataset, images_dir: str | os.PathLike, category_ids: list[int]) -> None:
+    """Fail before training, not after the first epoch, on a validation set that cannot be scored."""
+    if [c["id"] for c in vds.categories] != list(category_ids):
+        raise WsisError(f"{vds.path}: its categories {[c['id'] for c in vds.categories]} are not the training "
+                        f"set's {list(category_ids)}; --val needs the same label set")
+    if not vds.images:
+        raise WsisError(f"{vds.path}: has no images to validate on")
+    for im in vds.images:
+        image_path(images_dir, im, dataset=vds.path)

@@ -126,3 +126,13 @@ class Predictor:
         finally:
             self.model.train(was)
         return results
+
+    def map50(self, dataset: Dataset, images_dir: str | os.PathLike) -> float | None:
+        """Mask mAP@0.5 (box mAP for a box-only model) on ``dataset`` (what ``--val`` reports)."""
+        from wsis_cli.metrics.coco_eval import evaluate
+
+        results = self.predict_images(dataset.images, images_dir, dataset=dataset, score_thr=0.05)
+        if not results:
+            return 0.0
+        value = evaluate(dataset, results, iou_thrs=(0.5,), pred_path="validation predictions")["mAP"][repr(0.5)]
+        return None if value is None else round(float(value), 6)

@@ -29,15 +29,22 @@ import torch
 from wsis_cli import __version__
 from wsis_cli.coco import Dataset
 from wsis_cli.engine.checkpoint import damaged_checkpoint, load_checkpoint
-from wsis_cli.engine.detection_data import (TORCH, DetectionImages, TrainSet, collate_detection, epoch_batches,
-                                            training_set)
+from wsis_cli.engine.detection_data import (
+    TORCH,
+    DetectionImages,
+    TrainSet,
+    check_validation_set,
+    collate_detection,
+    epoch_batches,
+    training_set,
+)
 from wsis_cli.engine.device import resolve_device
 from wsis_cli.engine.distributed import DistContext, dist_context
 from wsis_cli.engine.loop import amp_on, interrupt_note, make_loader, make_scaler, train_epoch
+from wsis_cli.engine.predictor import Predictor
 from wsis_cli.engine.rng import torch_seed
 from wsis_cli.engine.runs import EpochWriter, check_resume, commit_epoch, prepare_run, snapshot
 from wsis_cli.errors import WsisError
-from wsis_cli.images import image_path
 from wsis_cli.models.detector import FORMAT, VERSION, build_detector, model_config
 
 __all__ = ["FORMAT", "DetectorConfig", "train_detector"]
@@ -207,7 +214,7 @@ def _setup(ds, images_dir, cfg: DetectorConfig, run: Path, device, resume: bool,
             raise WsisError(f"{run}: its IoU branch is being trained after {state['train'].get('epochs')} "
                             f"segmentation epochs; --epochs cannot change now (give {state['train'].get('epochs')})")
     if val is not None:
-        _check_val(val, data.category_ids)
+        check_validation_set(*val, data.category_ids)
     ctx.barrier()  # every process has checked the folder before rank 0 writes into it
     return r, state
 
@@ -326,7 +333,7 @@ def _epochs(r: _Run, cfg: DetectorConfig, model, frozen, state, done: int, histo
         record = _record(r, result, epoch, phase.name)
         if val is not None and r.ctx.main and phase.name == "seg":
             model.transform.min_size = (cfg.min_size,)
-            record["val_map50"] = _val_map50(model, r.config, val, r.dev)
+            record["val_map50"] = Predictor(model, r.config, r.dev).map50(*val)
         r.ctx.barrier()
         write_best = _update_best(best, record, phase.name, final=epoch + 1 == cfg.total_epochs,
                                   validated=val is not None)
@@ -375,28 +382,3 @@ def _commit(r: _Run, cfg: DetectorConfig, model, phase: _Phase, epoch: int, hist
     extra = f", val mAP@0.5 {record['val_map50']:.3f}" if record.get("val_map50") is not None else ""
     r.say(f"epoch {epoch + 1}/{cfg.total_epochs} ({phase.name}): loss {record['loss']:.4f}{extra}, "
           f"{record['images_per_s']:.1f} img/s")
-
-
-def _check_val(val: tuple[Dataset, Any], category_ids: list[int]) -> None:
-    """Fail before training, not after the first epoch, on a validation set that cannot be scored."""
-    vds, vdir = val
-    if [c["id"] for c in vds.categories] != list(category_ids):
-        raise WsisError(f"{vds.path}: its categories {[c['id'] for c in vds.categories]} are not the training "
-                        f"set's {list(category_ids)}; --val needs the same label set")
-    if not vds.images:
-        raise WsisError(f"{vds.path}: has no images to validate on")
-    for im in vds.images:
-        image_path(vdir, im, dataset=vds.path)
-
-
-def _val_map50(model, config: dict, val: tuple[Dataset, Any], dev: torch.device) -> float | None:
-    from wsis_cli.engine.predictor import Predictor
-    from wsis_cli.metrics.coco_eval import evaluate
-
-    vds, vdir = val
-    results = Predictor(model, config, dev).predict_images(vds.images, vdir, dataset=vds, score_thr=0.05)
-    if not results:
-        return 0.0
-    res = evaluate(vds, results, iou_thrs=(0.5,), pred_path="validation predictions")
-    value = res["mAP"][repr(0.5)]
-    return None if value is None else round(float(value), 6)

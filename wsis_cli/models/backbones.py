@@ -20,7 +20,7 @@ from wsis_cli.errors import WsisError
 __all__ = ["BACKBONES", "ResNetFeatures", "build_resnet", "resolve_weights", "hub_state_dict", "load_state_dict"]
 
 # name -> (torchvision builder name, weights enum name, channels of the last stage)
-BACKBONES = {
+BACKBONES = {  # the classifier's; wsis_cli.models.CLASSIFIER_BACKBONES names them without torch
     "resnet18": ("resnet18", "ResNet18_Weights", 512),
     "resnet50": ("resnet50", "ResNet50_Weights", 2048),
 }
@@ -135,3 +135,8 @@ def build_resnet(name: str, *, weights: str = "none") -> ResNetFeatures:
                             f"e.g. {missing[0]})")
         resnet.load_state_dict(picked, strict=False)
     return ResNetFeatures(resnet, channels)
+
+
+from wsis_cli.models import CLASSIFIER_BACKBONES  # noqa: E402
+
+assert tuple(sorted(BACKBONES)) == tuple(sorted(CLASSIFIER_BACKBONES))

@@ -3,14 +3,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import ann, make_dataset, rect_mask
+from perturb import perturbed_predictions
 
-from conftest import ann, make_dataset, rect_mask, write
-from wsis_cli.cli.app import app
 from wsis_cli.coco import fill_areas, load_dataset, mask_to_rle, parse_dataset, rle_to_mask
 from wsis_cli.errors import InputError
 from wsis_cli.metrics import evaluate, mask_iou
-from wsis_cli.metrics.perturb import perturbed_predictions
-
 
 ONE = pytest.approx(1.0, abs=1e-12)
 
@@ -132,52 +130,6 @@ def test_box_only_ground_truth_cannot_score_masks(two_images):
     gt["annotations"][1]["segmentation"] = []
     with pytest.raises(InputError, match=r"gt.json: annotation 2 \(image 1\): has no mask"):
         run(gt, results_from(two_images))
-
-
-def test_mask_iou():
-    a = np.stack([rect_mask(4, 4, 0, 0, 2, 2), np.zeros((4, 4), bool)])
-    b = np.stack([rect_mask(4, 4, 0, 0, 4, 2), np.zeros((4, 4), bool)])
-    np.testing.assert_allclose(mask_iou(a, b), [[0.5, 0.0], [0.0, 0.0]])
-
-
-# ------------------------------------------------------------------------------- CLI
-def test_cli_json_and_table(runner, tmp_path, two_images):
-    gt = write(tmp_path / "gt.json", two_images)
-    pred = write(tmp_path / "pred.json", results_from(two_images, keep={3}))
-    r = runner.invoke(app, ["evaluate", str(gt), str(pred), "--json", "--per-class", "--iou-thrs", "0.5,0.9"])
-    assert r.exit_code == 0, r.output
-    rec = json.loads(r.stdout)  # pycocotools' prints would break this
-    assert set(rec) >= {"mAP", "AP", "AP_S", "AP_L", "ABO", "per_class"}
-    assert set(rec["mAP"]) == {"0.5", "0.9"}
-    assert rec["per_class"][0]["name"] == "c1"
-    r = runner.invoke(app, ["evaluate", str(gt), str(pred)])
-    assert r.exit_code == 0 and r.stdout == ""
-    assert "mAP@0.25" in r.stderr and "ABO" in r.stderr
-    r = runner.invoke(app, ["evaluate", str(gt), "-", "--json", "--iou-thrs", "0.123456789"],
-                      input=json.dumps(results_from(two_images)))
-    assert r.exit_code == 0, r.output
-    assert list(json.loads(r.stdout)["mAP"]) == ["0.123456789"]  # the threshold as given
-
-
-def test_cli_errors(runner, tmp_path, two_images):
-    gt = write(tmp_path / "gt.json", two_images)
-    bad = results_from(two_images)
-    bad[1]["image_id"] = 42
-    pred = write(tmp_path / "pred.json", bad)
-    out = tmp_path / "eval.json"
-    r = runner.invoke(app, ["evaluate", str(gt), str(pred), "--out", str(out)])
-    assert r.exit_code == 1
-    assert r.stderr.strip() == f"wsis: error: {pred}: result 1 (image 42): 'image_id' names no image of the ground truth"
-    assert not out.exists()
-    for bad in ("0.5,abc", "0", "nan", "1.5", ","):
-        r = runner.invoke(app, ["evaluate", str(gt), str(gt), "--iou-thrs", bad])
-        assert r.exit_code == 2, (bad, r.output)
-    r = runner.invoke(app, ["evaluate", str(gt), "-"], input=json.dumps(bad_results := results_from(two_images)[:1]))
-    assert r.exit_code == 0
-    bad_results[0]["category_id"] = 9
-    r = runner.invoke(app, ["evaluate", str(gt), "-"], input=json.dumps(bad_results))
-    assert r.exit_code == 1
-    assert r.stderr.strip() == "wsis: error: <stdin>: result 0 (image 1): 'category_id' 9 names no category of the ground truth"
 
 
 # ------------------------------------------------------------------------------- real data
