@@ -55,6 +55,7 @@ __all__ = [
     "display_name",
     "load_predictions",
     "read_ids",
+    "is_id",
 ]
 
 SUPERVISION_LEVELS = ("full", "box", "ilc", "il")
@@ -261,7 +262,7 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_id(v: Any) -> bool:
+def is_id(v: Any) -> bool:
     """An integer id that fits int64 (what numpy and pycocotools hold ids in)."""
     return _is_int(v) and -(2**63) <= v < 2**63
 
@@ -418,7 +419,7 @@ def parse_dataset(obj: Any, *, path: str = "<memory>") -> Dataset:
 
         if not isinstance(im, dict):
             fail("must be an object")
-        if not _is_id(im.get("id")):
+        if not is_id(im.get("id")):
             fail("'id' must be an integer (int64)")
         if im["id"] in images:
             fail("duplicate image id")
@@ -432,7 +433,7 @@ def parse_dataset(obj: Any, *, path: str = "<memory>") -> Dataset:
     categories: dict[int, dict] = {}
     for i, c in enumerate(obj["categories"]):
         rec = f"category {c.get('id')}" if isinstance(c, dict) else f"categories[{i}]"
-        if not isinstance(c, dict) or not _is_id(c.get("id")):
+        if not isinstance(c, dict) or not is_id(c.get("id")):
             raise InputError(path, "'id' must be an integer (int64)", rec)
         if c["id"] in categories:
             raise InputError(path, "duplicate category id", rec)
@@ -449,17 +450,17 @@ def parse_dataset(obj: Any, *, path: str = "<memory>") -> Dataset:
         def fail(msg: str, rec=rec):
             raise InputError(path, msg, rec)
 
-        if not _is_id(a.get("id")):
+        if not is_id(a.get("id")):
             fail("'id' must be an integer (int64)")
         if a["id"] in seen:
             fail("duplicate annotation id")
         seen.add(a["id"])
-        if not _is_id(a.get("image_id")):
+        if not is_id(a.get("image_id")):
             fail("'image_id' must be an integer")
         im = images.get(a["image_id"])
         if im is None:
             fail("'image_id' names no image in the file")
-        if not _is_id(a.get("category_id")) or a["category_id"] not in categories:
+        if not is_id(a.get("category_id")) or a["category_id"] not in categories:
             fail(f"'category_id' {a.get('category_id')!r} names no category in the file")
         if a.get("bbox") is not None:
             _check_bbox(a["bbox"], fail)
@@ -520,9 +521,9 @@ def parse_results(obj: Any, *, path: str = "<memory>") -> list[dict]:
 
         if not isinstance(r, dict):
             fail("must be an object")
-        if not _is_id(r.get("image_id")):
+        if not is_id(r.get("image_id")):
             fail("'image_id' must be an integer")
-        if not _is_id(r.get("category_id")):
+        if not is_id(r.get("category_id")):
             fail("'category_id' must be an integer")
         if not _is_num(r.get("score")):
             fail("'score' must be a finite number")

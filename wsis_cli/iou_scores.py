@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from wsis_cli.coco import Dataset, ann_record, has_segmentation, rle_to_mask
+from wsis_cli.coco import Dataset, ann_record, has_segmentation, is_id, rle_to_mask
 from wsis_cli.errors import InputError, WsisError
 from wsis_cli.selection import ImageScores, parse_scores
 
@@ -129,10 +129,6 @@ class IouScores:
     path: str = "<memory>"
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63
-
-
 def parse_iou_scores(obj, *, path: str = "<memory>") -> IouScores:
     """Validate a scores file (see the module docstring); faults raise :class:`InputError`
     naming ``path`` and the record. ``instances`` may be absent (image scores only); an
@@ -155,7 +151,7 @@ def parse_iou_scores(obj, *, path: str = "<memory>") -> IouScores:
                 raise InputError(path, "needs exactly one of 'annotation_id' or 'index'", name)
             kind = present[0]
             v = r[kind]
-            if not _is_int(v) or (kind == "index" and v < 0):
+            if not is_id(v) or (kind == "index" and v < 0):
                 raise InputError(path, f"'{kind}' must be {'an' if kind != 'index' else 'a non-negative'} integer",
                                  name)
             name = f"image {iid}, {kind.replace('_', ' ')} {v}"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wsis_cli.coco import is_id
 from wsis_cli.errors import InputError, WsisError
 
 __all__ = ["STRATEGIES", "ImageScores", "parse_scores", "select", "split_evenly"]
@@ -41,7 +42,7 @@ def parse_scores(obj, *, path: str = "<memory>") -> ImageScores:
         if not isinstance(rec, dict):
             raise InputError(path, "must be an object", name)
         iid = rec.get("image_id")
-        if not isinstance(iid, int) or isinstance(iid, bool) or not -(2**63) <= iid < 2**63:
+        if not is_id(iid):
             raise InputError(path, "'image_id' must be an integer (int64)", name)
         name = f"image {iid}"
         if iid in seen:
