@@ -6,7 +6,7 @@
 set -euo pipefail
 W=${1:-demo/boxes}
 
-wsis data synth --out "$W" --n 40 --size 256 --seed 0
+wsis data synth --out "$W" --n 40 --size 256 --seed 0 --overwrite
 wsis data weaken "$W/gt.json" --to box --out "$W/boxes.json"
 wsis pseudolabel grabcut "$W/boxes.json" --images "$W/images" --out "$W/pseudo.json" --seed 0
 wsis evaluate "$W/gt.json" "$W/pseudo.json" --per-class --out "$W/eval.json"

@@ -8,10 +8,10 @@
 set -euo pipefail
 W=${1:-demo/image_labels}
 
-wsis data synth --out "$W" --n 150 --size 128 --seed 1
+wsis data synth --out "$W" --n 150 --size 128 --seed 1 --overwrite
 wsis data weaken "$W/gt.json" --to ilc --out "$W/ilc.json"
 wsis train classifier "$W/ilc.json" --images "$W/images" --out "$W/cls.pt" \
-    --backbone resnet18 --weights none --size 128 --epochs 12 --batch-size 16 --lr 0.05 --seed 0
+    --backbone resnet18 --weights none --size 128 --epochs 12 --batch-size 16 --lr 0.05 --seed 0 --overwrite
 wsis pseudolabel prm "$W/ilc.json" --images "$W/images" --model "$W/cls.pt" \
     --save-maps "$W/maps" --out "$W/prm.json" --seed 0
 wsis pseudolabel ccgr "$W/prm.json" --maps "$W/maps" --out "$W/ccgr.json" --seed 0

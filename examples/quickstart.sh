@@ -9,7 +9,7 @@ DEMO=${1:-demo}
 step() { printf '\n== %s\n' "$*" >&2; }
 
 step "1. synthesise 60 images of textured shapes with full masks (the ground truth)"
-wsis data synth --out "$DEMO" --n 60 --size 256 --seed 0
+wsis data synth --out "$DEMO" --n 60 --size 256 --seed 0 --overwrite
 
 step "2. keep only what a cheap annotator gives: one box per object"
 wsis data weaken "$DEMO/gt.json" --to box --out "$DEMO/boxes.json"

@@ -15,10 +15,10 @@ N=${N:-16}           # strong (fully annotated) images to start with
 S=${S:-16}           # pool images sent to annotators
 EPOCHS=${EPOCHS:-15}
 MODEL=(--backbone resnet18 --weights none --min-size 128 --max-size 128 --fpn-channels 64 --head-channels 256
-       --batch-size 4 --lr 0.02 --warmup-iters 20 --keep-epochs 0 --seed 0)
+       --batch-size 4 --lr 0.02 --warmup-iters 20 --keep-epochs 0 --seed 0 --overwrite)
 
-wsis data synth --out "$W/data" --n "$POOL" --size 128 --classes 3 --seed 11
-wsis data synth --out "$W/test" --n 30 --size 128 --classes 3 --seed 12
+wsis data synth --out "$W/data" --n "$POOL" --size 128 --classes 3 --seed 11 --overwrite
+wsis data synth --out "$W/test" --n 30 --size 128 --classes 3 --seed 12 --overwrite
 IM="$W/data/images"
 
 # 1. N strong images; the rest of the pool keeps image-level labels with counts only

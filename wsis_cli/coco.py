@@ -139,6 +139,28 @@ def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = None) 
     write_atomic(target, lambda fh: fh.write(text + "\n"), binary=False, what="an output file")
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the system says it (Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _new_file_mode(target: Path) -> int:
+    """The mode an output gets: an existing file's own (a rewrite keeps it), else what the umask
+    leaves of 0666, as ``open()`` would give (a temp file is created 0600)."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def write_atomic(path: str | os.PathLike, write: Any, *, binary: bool = True, what: str = "a file") -> None:
     """Call ``write(fh)`` on a temp file in ``path``'s folder, fsync it, then rename it to
     ``path``: a failure or a kill never leaves a half-written file there. OSErrors become
@@ -152,6 +174,7 @@ def write_atomic(path: str | os.PathLike, write: Any, *, binary: bool = True, wh
     except OSError as e:
         raise WsisError(f"{target}: cannot write: {e.strerror or e}") from None
     try:
+        os.fchmod(fd, _new_file_mode(target))
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
             write(fh)
             fh.flush()

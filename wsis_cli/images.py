@@ -8,6 +8,8 @@ shows the picture (COCO's sizes are those of the shown picture).
 from __future__ import annotations
 
 import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,25 @@ from wsis_cli.errors import InputError, WsisError
 __all__ = ["IMAGE_SUFFIXES", "read_image", "read_sized_image", "write_image", "image_path", "folder_images"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@contextmanager
+def _quiet_stderr():
+    """Send what C libraries write to file descriptor 2 to /dev/null for a moment: the decoders
+    report a broken file there before OpenCV returns None, and our own one-line error says it."""
+    try:
+        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -29,7 +50,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     data = np.fromfile(str(p), dtype=np.uint8)
     # IMREAD_COLOR applies the EXIF orientation, drops alpha and expands grey; ANYDEPTH keeps
     # 16 bits so we can scale them ourselves.
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    with _quiet_stderr():  # libpng/libjpeg print their complaints about a broken file there
+        img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     if img is None:
         raise WsisError(f"{p}: not an image OpenCV can decode")
     if img.dtype == np.uint16:
@@ -40,15 +62,17 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def write_image(path: str | os.PathLike, rgb: np.ndarray) -> None:
-    """Write an ``HxWx3`` uint8 RGB (or ``HxW``) array; the format follows the suffix."""
+    """Write an ``HxWx3`` uint8 RGB (or ``HxW``) array atomically (a temp file, then rename: a
+    full disk or a kill never leaves a truncated picture); the format follows the suffix."""
     import cv2
+
+    from wsis_cli.coco import write_atomic
 
     arr = rgb[:, :, ::-1] if rgb.ndim == 3 else rgb
     ok, buf = cv2.imencode(Path(path).suffix or ".png", np.ascontiguousarray(arr))
     if not ok:
         raise WsisError(f"{path}: could not encode image")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    buf.tofile(str(path))
+    write_atomic(path, lambda fh: fh.write(buf.tobytes()), what="an image file")
 
 
 def image_path(images_dir: str | os.PathLike, image: dict, *, dataset: str | None = None) -> Path:

@@ -18,7 +18,7 @@ def net_pseudolabels(ds: Dataset, images_dir, run, *, device="cpu", rank: str = 
     has loaded it already."""
     from wsis_cli.engine.predictor import Predictor
     from wsis_cli.images import image_path, read_sized_image
-    from wsis_cli.pseudo.net import pseudolabel_net_dataset
+    from wsis_cli.pseudo.net import pseudolabel_net
 
     predictor = predictor if predictor is not None else Predictor.from_run(run, device)
     if not predictor.has_masks:
@@ -43,5 +43,6 @@ def net_pseudolabels(ds: Dataset, images_dir, run, *, device="cpu", rank: str = 
     def masks_for(im: dict):
         return lambda boxes, cats: predictor.masks_in_boxes(rgb_of(im), boxes, cats)
 
-    return pseudolabel_net_dataset(ds, ds.images, run_detect, masks_for, rank=rank, score_thr=score_thr,
-                                   options=options, progress=progress)
+    labels = pseudolabel_net(ds, ds.images, run_detect, masks_for, rank=rank, score_thr=score_thr, options=options,
+                             progress=progress)
+    return labels.to_dataset(), labels.summary

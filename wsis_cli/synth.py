@@ -30,6 +30,8 @@ CLASSES = (
     ("star", (235, 200, 40), "dots"),
 )
 MIN_VISIBLE_PX = 12
+MAX_SIZE = 4096  # px a side: larger synthetic pictures teach nothing and can exhaust memory
+MAX_IMAGES = 1_000_000
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -134,21 +136,27 @@ def make_image(rng: np.random.Generator, *, size: int = 256, n_classes: int = 4,
 
 
 def synthesize(out_dir: str | os.PathLike, *, n: int = 200, size: int = 256, seed: int = 0,
-               n_classes: int = 4, progress: Callable[[int, int], None] | None = None) -> dict:
+               n_classes: int = 4, overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
     """Write ``out_dir/images/*.png`` and return the COCO dataset dict (the caller writes it).
+    A folder that holds a set already is refused unless ``overwrite`` (then its images go first).
 
     Image ``i`` is drawn from ``np.random.default_rng([seed, i])``, so any slice of a set can be
     remade alone and a larger ``n`` extends a smaller one.
     """
     from wsis_cli.images import write_image
 
-    if n < 1:
-        raise WsisError(f"--n must be >= 1, got {n}")
-    if size < 32:
-        raise WsisError(f"--size must be >= 32 px, got {size}")
+    if not 1 <= n <= MAX_IMAGES:
+        raise WsisError(f"--n must be between 1 and {MAX_IMAGES}, got {n}")
+    if not 32 <= size <= MAX_SIZE:
+        raise WsisError(f"--size must be between 32 and {MAX_SIZE} px, got {size}")
     if not 1 <= n_classes <= len(CLASSES):
         raise WsisError(f"--classes must be between 1 and {len(CLASSES)}, got {n_classes}")
     img_dir = Path(out_dir) / "images"
+    old = sorted(img_dir.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png")) if img_dir.is_dir() else []
+    if (old or (Path(out_dir) / "gt.json").exists()) and not overwrite:
+        raise WsisError(f"{out_dir}: holds a dataset already (gt.json, images/); add --overwrite to replace it")
+    for f in old:  # a smaller set must not leave the larger one's images behind
+        f.unlink()
     img_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for i in range(n):

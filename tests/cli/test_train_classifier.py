@@ -50,7 +50,7 @@ def test_tiny_run_writes_a_checkpoint(runner, synth_ilc, tmp_path):
     r = train(runner, synth_ilc, "--epochs", 3, "--out", out, "--seed", 4, "--resume")
     assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
     assert r.stderr.strip() == (f"wsis: error: {out}: was trained with --amp True, not False; --resume needs "
-                                "the same options (or drop it to start afresh)")
+                                "the same options (or --overwrite instead, to start afresh)")
 
 
 def test_same_seed_same_weights(runner, synth_ilc, tmp_path):

@@ -180,7 +180,7 @@ def test_resume_grows_the_run_to_the_weights_of_a_straight_one(runner, synth, tm
     other = [*common[:2], "--lr", 0.03, *common[4:]]
     r = train(runner, synth, "--resume", grown, "--epochs", 3, *other)
     assert one_line_error(r) == (f"wsis: error: {grown}: was trained with --lr 0.02, not 0.03; --resume needs the "
-                                 "same options (or drop it to start afresh)")
+                                 "same options (or --overwrite instead, to start afresh)")
     r = train(runner, synth, "--resume", grown, "--epochs", 3, *common, "--iou-head")
     assert "iou-head" in one_line_error(r)
     ds = json.loads((synth / "gt.json").read_text())
@@ -224,9 +224,16 @@ def test_resume_after_an_interrupt_is_exact(runner, synth, tmp_path, monkeypatch
 def test_a_fresh_run_in_an_old_run_folder_leaves_nothing_of_the_old_one(runner, synth, tmp_path):
     run = tmp_path / "run"
     assert train(runner, synth, "--out", run, "--epochs", 3, "--batch-size", 3, "--keep-epochs", -1).exit_code == 0
-    # without --resume, training into a run folder starts afresh
+    # without --resume the run is refused (and left whole); --overwrite starts afresh
+    before = sorted(p.name for p in run.rglob("*"))
     r = train(runner, synth, "--out", run, "--epochs", 1, "--batch-size", 3, "--keep-epochs", 2)
+    assert one_line_error(r) == (f"wsis: error: {run}: holds a training run already; add --resume to continue it, "
+                                 "or --overwrite to start afresh (its checkpoints and metrics are deleted)")
+    assert sorted(p.name for p in run.rglob("*")) == before
+    (run / ".last.pt.123.tmp").write_bytes(b"")  # what a kill in the middle of a write leaves
+    r = train(runner, synth, "--out", run, "--epochs", 1, "--batch-size", 3, "--keep-epochs", 2, "--overwrite")
     assert r.exit_code == 0, r.output
+    assert not list(run.glob(".*.tmp"))
     assert [m["epoch"] for m in metrics(run)] == [1]
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
     assert torch.load(run / "best.pt", weights_only=True)["epoch"] == 1

@@ -160,8 +160,11 @@ def test_resume_refuses_other_options_or_data(synth6, tmp_path):
     summary = train_classifier(ds, images, ClassifierConfig(epochs=2, **TINY), out=out, resume=True, log=said.append)
     assert summary["resumed_from"] == 1 and len(torch.load(out, weights_only=True)["history"]) == 2
     assert any("the schedule changes from 1 to 2 epochs" in s for s in said)
-    # without --resume, the file is overwritten from the start
-    train_classifier(ds, images, ClassifierConfig(epochs=1, **TINY), out=out)
+    # without --resume the file is refused; with --overwrite it is trained afresh
+    with pytest.raises(WsisError, match="c.pt: exists; add --resume to continue its training, or --overwrite"):
+        train_classifier(ds, images, ClassifierConfig(epochs=1, **TINY), out=out)
+    assert torch.load(out, weights_only=True)["epoch"] == 2
+    train_classifier(ds, images, ClassifierConfig(epochs=1, **TINY), out=out, overwrite=True)
     assert torch.load(out, weights_only=True)["epoch"] == 1
 
 

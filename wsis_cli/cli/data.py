@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from wsis_cli.cli.io import cli_errors, info, progress_bar, warn, write_output
-from wsis_cli.cli.options import Out, Seed, image_ids
+from wsis_cli.cli.options import Out, Overwrite, Seed, image_ids
 
 app = typer.Typer(help="Make, convert, weaken and split COCO datasets.", no_args_is_help=True)
 
@@ -17,9 +17,10 @@ app = typer.Typer(help="Make, convert, weaken and split COCO datasets.", no_args
 @cli_errors
 def synth(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to create: OUT/images/*.png and OUT/gt.json.")],
-    n: Annotated[int, typer.Option("--n", min=1, help="Number of images.")] = 200,
-    size: Annotated[int, typer.Option("--size", min=32, help="Image side in pixels.")] = 256,
+    n: Annotated[int, typer.Option("--n", min=1, max=1_000_000, help="Number of images.")] = 200,
+    size: Annotated[int, typer.Option("--size", min=32, max=4096, help="Image side in pixels.")] = 256,
     classes: Annotated[int, typer.Option("--classes", min=1, max=4, help="Number of shape classes (disc, box, triangle, star).")] = 4,
+    overwrite: Overwrite = False,
     seed: Seed = 0,
 ) -> None:
     """Synthesise a demo set: textured shapes on textured backgrounds, with full masks."""
@@ -29,7 +30,7 @@ def synth(
     if str(out) == "-":
         raise typer.BadParameter("synth writes a folder (images/ and gt.json), not stdout", param_hint="--out")
     with progress_bar("synthesising") as progress:
-        ds = synthesize(out, n=n, size=size, seed=seed, n_classes=classes, progress=progress)
+        ds = synthesize(out, n=n, size=size, seed=seed, n_classes=classes, overwrite=overwrite, progress=progress)
     ds["info"]["wsis"] = provenance("data synth", {"out": out, "n": n, "size": size, "classes": classes}, seed)
     write_output(out / "gt.json", ds)
     info(f"wrote {n} images and {len(ds['annotations'])} instances to {out}/ (gt.json, images/)")

@@ -89,3 +89,5 @@ Shard = Annotated[str | None, typer.Option("--shard", callback=_check_shard,
                                            help="Process only slice K of N of the images (K/N, 1-based); join with `wsis data merge`.")]
 Device = Annotated[str, typer.Option("--device", callback=_check_device,
                                      help="auto (CUDA when present), cpu, cuda or cuda:N.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace what --out holds (a run, a checkpoint, a "
+                                                             "dataset folder) instead of refusing to.")]

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from wsis_cli.cli.io import cli_errors, info, progress_bar
-from wsis_cli.cli.options import Device, ImagesDir, Seed
+from wsis_cli.cli.options import Device, ImagesDir, Overwrite, Seed
 from wsis_cli.models import CLASSIFIER_BACKBONES, DETECTOR_BACKBONES, IOU_TARGETS
 
 app = typer.Typer(help="Train models.", no_args_is_help=True)
@@ -38,6 +38,7 @@ def classifier(
                                                                   "main process).")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint at --out if it exists "
                                                           "(same options; --epochs may grow).")] = False,
+    overwrite: Overwrite = False,
     seed: Seed = 0,
 ) -> None:
     """Train a peak-stimulated classifier (PRM) on image-level labels; PRM pseudo-labels use it.
@@ -63,7 +64,8 @@ def classifier(
     cfg = ClassifierConfig(backbone=backbone, weights=weights, size=size, epochs=epochs, batch_size=batch_size,
                            lr=lr, amp=amp, seed=seed, workers=workers)
     with progress_bar("training", unit="it") as progress:
-        summary = train_classifier(ds, images, cfg, out=out, device=dev, resume=resume, progress=progress, log=info)
+        summary = train_classifier(ds, images, cfg, out=out, device=dev, resume=resume, overwrite=overwrite,
+                                   progress=progress, log=info)
     if summary["iterations"]:
         h = summary["history"]
         info(f"wrote {out}: {summary['epochs']} epochs, loss {h[0]['loss']:.4f} (epoch 1) -> {h[-1]['loss']:.4f}, "
@@ -122,6 +124,7 @@ def maskrcnn(
     resume: Annotated[Path | None, typer.Option("--resume", file_okay=False,
                                                 help="Continue the run in this folder from its last.pt (same options; "
                                                      "--epochs may grow).")] = None,
+    overwrite: Overwrite = False,
     seed: Seed = 0,
 ) -> None:
     """Train a Mask R-CNN (or a Faster R-CNN with --boxes-only) on any mix of masks and boxes.
@@ -165,8 +168,8 @@ def maskrcnn(
                          iou_lr=iou_lr, fpn_channels=fpn_channels, head_channels=head_channels,
                          keep_epochs=keep_epochs)
     with progress_bar("training", unit="it") as progress:
-        summary = train_detector(ds, images, cfg, run=run, device=dev, resume=resume is not None, val=val_pair,
-                                 progress=progress, log=info)
+        summary = train_detector(ds, images, cfg, run=run, device=dev, resume=resume is not None, overwrite=overwrite,
+                                 val=val_pair, progress=progress, log=info)
     if summary["iterations"] and summary["history"] and summary.get("rank", 0) == 0:
         h, best = summary["history"], summary["best"]
         extra = f", best val mAP@0.5 {best['map50']:.3f} (epoch {best['epoch']})" if best.get("map50") is not None else ""

@@ -19,7 +19,7 @@ import torch
 from wsis_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from wsis_cli.errors import WsisError
 
-__all__ = ["check_resume", "prepare_run", "EpochWriter", "snapshot", "commit_epoch", "append_metrics", "run_file"]
+__all__ = ["check_resume", "prepare_run", "remove_stale_temps", "EpochWriter", "snapshot", "commit_epoch", "append_metrics", "run_file"]
 
 CATEGORY_KEYS = ("category_ids", "category_names", "num_classes")
 
@@ -46,28 +46,41 @@ def check_resume(state: dict, *, run: Path, version: int, config: dict, train: d
             raise WsisError(f"{run}: was trained on other categories ({old_cfg.get('category_names')}); --resume "
                             "needs the same dataset")
         raise WsisError(f"{run}: was trained with {_option(where)} {old.get(where)!r}, not {new[where]!r}; --resume "
-                        "needs the same options (or drop it to start afresh)")
+                        "needs the same options (or --overwrite instead, to start afresh)")
     if world is not None and old_train.get("world_size", 1) != world:
         raise WsisError(f"{run}: was trained by {old_train.get('world_size', 1)} processes, not {world}; resume it "
                         "with the same number")
 
 
-def prepare_run(run: Path, *, kind: str, resume: bool, main: bool, say: Callable[[str], None]) -> dict | None:
-    """The ``last.pt`` state to resume from (None: start from scratch). Without ``resume``, a
-    folder that is not a run is refused and an old run's checkpoints and metrics are removed (by
-    the ``main`` process)."""
+def prepare_run(run: Path, *, kind: str, resume: bool, main: bool, say: Callable[[str], None],
+                overwrite: bool = False) -> dict | None:
+    """The ``last.pt`` state to resume from (None: start from scratch). A folder that is not a
+    run is refused; so is a run without ``resume`` or ``overwrite`` (its epochs would be lost).
+    With ``overwrite`` the ``main`` process removes the old run's checkpoints and metrics. Temp
+    files a killed run left behind are removed first."""
     last = run / "last.pt"
+    if main:
+        remove_stale_temps(run)
     if resume and last.is_file():
         return load_checkpoint(last, kind=kind)
     if resume:
         say(f"{last} does not exist yet: training from the start")
     elif run.exists() and any(run.iterdir()) and not (run / "config.json").is_file():
         raise WsisError(f"{run}: exists and is not a wsis run folder; give a new or empty folder")
+    elif (run / "config.json").is_file() and not overwrite:
+        raise WsisError(f"{run}: holds a training run already; add --resume to continue it, or --overwrite to "
+                        "start afresh (its checkpoints and metrics are deleted)")
     elif (run / "config.json").is_file() and main:
         say(f"{run} holds a run: starting afresh, its checkpoints and metrics are replaced")
         for old in [last, run / "best.pt", run / "metrics.jsonl", *sorted(run.glob("epochs/epoch-*.pt"))]:
             old.unlink(missing_ok=True)
     return None
+
+
+def remove_stale_temps(run: Path) -> None:
+    """Delete the ``.NAME.*.tmp`` files an atomic write killed halfway leaves in a run folder."""
+    for tmp in [*run.glob(".*.tmp"), *run.glob("epochs/.*.tmp")]:
+        tmp.unlink(missing_ok=True)
 
 
 def run_file(run: str | os.PathLike, which: str = "best") -> Path:

@@ -212,6 +212,7 @@ def train_classifier(
     out: str | os.PathLike,
     device: "str | torch.device" = "cpu",
     resume: bool = False,
+    overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -219,8 +220,8 @@ def train_classifier(
     after every epoch (see the module docstring for its contents).
 
     With ``resume``, training continues from ``out`` when it exists (its model and training
-    options, except ``epochs``, must equal ``cfg``'s); otherwise an existing ``out`` is
-    overwritten. ``progress(done, total)`` counts iterations; ``log`` gets one line per epoch and
+    options, except ``epochs``, must equal ``cfg``'s); with ``overwrite`` an existing ``out`` is
+    replaced; without either, an existing ``out`` is an error. ``progress(done, total)`` counts iterations; ``log`` gets one line per epoch and
     any warning. Returns ``{"out", "epochs", "iterations", "resumed_from", "history"}``.
     """
     say = log or (lambda _msg: None)
@@ -229,6 +230,11 @@ def train_classifier(
     paths = [image_path(images_dir, im, dataset=ds.path) for im in ds.images]
     if out.is_dir():
         raise WsisError(f"{out}: is a directory, expected a checkpoint file path")
+    if out.exists() and not (resume or overwrite):
+        raise WsisError(f"{out}: exists; add --resume to continue its training, or --overwrite to start afresh")
+    if out.parent.is_dir():
+        for tmp in out.parent.glob(f".{out.name}.*.tmp"):  # what a killed write left behind
+            tmp.unlink(missing_ok=True)
     dev = resolve_device(device) if isinstance(device, str) else device
     use_amp = amp_on(cfg.amp, dev, say)
     config = {"backbone": cfg.backbone, "num_classes": len(ds.categories),

@@ -183,7 +183,8 @@ class _Run:
     say: Callable[[str], None]
 
 
-def _setup(ds, images_dir, cfg: DetectorConfig, run: Path, device, resume: bool, val, log) -> tuple[_Run, dict | None]:
+def _setup(ds, images_dir, cfg: DetectorConfig, run: Path, device, resume: bool, overwrite: bool, val,
+           log) -> tuple[_Run, dict | None]:
     say = log or (lambda _msg: None)
     dev = resolve_device(device) if isinstance(device, str) else device
     ctx = dist_context(dev)
@@ -205,7 +206,7 @@ def _setup(ds, images_dir, cfg: DetectorConfig, run: Path, device, resume: bool,
     train.update(epochs=cfg.epochs, data=data.fingerprint(), world_size=ctx.world, keep_epochs=cfg.keep_epochs,
                  workers=cfg.workers)
     r = _Run(run, data, config, train, ctx, dev, use_amp, say)
-    state = prepare_run(run, kind=FORMAT, resume=resume, main=ctx.main, say=say)
+    state = prepare_run(run, kind=FORMAT, resume=resume, overwrite=overwrite, main=ctx.main, say=say)
     if state is not None:
         check_resume(state, run=run, version=VERSION, config=config, train=train, model_keys=MODEL_KEYS,
                      train_keys=TRAIN_KEYS, world=ctx.world)
@@ -248,13 +249,15 @@ def train_detector(
     run: str | os.PathLike,
     device: "str | torch.device" = "cpu",
     resume: bool = False,
+    overwrite: bool = False,
     val: tuple[Dataset, str | os.PathLike] | None = None,
     progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Train on ``ds`` into the run folder ``run`` (see the module docstring). Returns
+    """Train on ``ds`` into the run folder ``run`` (see the module docstring): ``resume`` continues
+    the run there, ``overwrite`` replaces it (without either, a run there is an error). Returns
     ``{"run", "epochs", "iterations", "resumed_from", "history", "best", "rank"}``."""
-    r, state = _setup(ds, images_dir, cfg, Path(run), device, resume, val, log)
+    r, state = _setup(ds, images_dir, cfg, Path(run), device, resume, overwrite, val, log)
     done = int(state["epoch"]) if state is not None else 0
     history = list(state["history"]) if state is not None else []
     best = dict(state["best"]) if state is not None else {"epoch": None, "map50": None}
