@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from wsis_cli.errors import WsisError
-from wsis_cli.images import read_image, write_image
+from wsis_cli.errors import InputError, WsisError
+from wsis_cli.images import check_images, image_size, read_image, write_image
 
 
 def test_rgb_roundtrip(tmp_path):
@@ -46,6 +46,7 @@ def test_exif_orientation_is_applied(tmp_path):
     r = read_image(tmp_path / "r.jpg")
     assert r.shape == (20, 10, 3)  # orientation 6: rotated 90° clockwise for display
     assert r[:5].mean() > 200 and r[-5:].mean() < 50  # the left strip is now on top
+    assert image_size(tmp_path / "r.jpg") == (10, 20, True)  # the header gives the shown size too
 
 
 def test_missing_and_undecodable(tmp_path):
@@ -54,3 +55,21 @@ def test_missing_and_undecodable(tmp_path):
     (tmp_path / "x.png").write_text("not a png")
     with pytest.raises(WsisError, match="not an image OpenCV can decode"):
         read_image(tmp_path / "x.png")
+
+
+def test_image_size_and_check_images_read_headers_only(tmp_path, capfd):
+    write_image(tmp_path / "a.png", np.zeros((12, 30, 3), np.uint8))
+    assert image_size(tmp_path / "a.png") == (30, 12, False)
+    (tmp_path / "t.png").write_bytes((tmp_path / "a.png").read_bytes()[:60])  # header whole, pixels cut off
+    assert image_size(tmp_path / "t.png")[:2] == (30, 12)
+    records = [{"id": 1, "height": 12, "width": 30}, {"id": 2, "height": 12, "width": 31}]
+    check_images(records[:1], [tmp_path / "a.png"], "d.json")
+    with pytest.raises(InputError, match=r"a.png: is 30x12 px but image 2 of d.json says 31x12$"):
+        check_images(records[1:], [tmp_path / "a.png"], "d.json")
+    check_images(records[1:], [tmp_path / "a.png"], "d.json", sizes=False)
+    (tmp_path / "x.png").write_text("not a png")
+    with pytest.raises(InputError, match=r"x.png: not an image file, its header cannot be read \(image 1 of d.json\)"):
+        check_images(records[:1], [tmp_path / "x.png"], "d.json")
+    with pytest.raises(WsisError, match="not an image OpenCV can decode"):
+        read_image(tmp_path / "t.png")
+    assert "libpng" not in capfd.readouterr().err  # the decoder's own complaint stays off stderr

@@ -215,14 +215,19 @@ def test_compare_scores_exact():
 def test_compare_scores_nothing_in_common():
     a = parse_iou_scores(scores_obj([{"image_id": 1, "score": 0.5, "instances": [{"index": 0, "iou": 0.5}]}]))
     b = parse_iou_scores(scores_obj([{"image_id": 2, "score": 0.5, "instances": [{"annotation_id": 0, "iou": 0.5}]}]))
-    assert compare_scores(a, b) == {"n_images": 0, "mae_image": None, "mae_mean_baseline": None,
-                                    "n_instances": 0, "mae_instance": None}
+    with pytest.raises(WsisError, match="has no image in common with"):
+        compare_scores(a, b)  # nothing compared is an error, not "compared 0"
+    both_null = parse_iou_scores(scores_obj([{"image_id": 2, "score": None, "instances": []}]))
+    b_null = parse_iou_scores(scores_obj([{"image_id": 2, "score": None, "instances": []}]))
+    assert compare_scores(both_null, b_null) == {"n_images": 0, "mae_image": None, "mae_mean_baseline": None,
+                                                 "n_instances": 0, "mae_instance": None}
 
 
 def test_compare_scores_rejects_instances_in_different_images():
     a = parse_iou_scores(scores_obj([{"image_id": 1, "score": 0.5, "instances": [{"index": 0, "iou": 0.5}]}]),
                          path="a.json")
-    b = parse_iou_scores(scores_obj([{"image_id": 2, "score": 0.5, "instances": [{"index": 0, "iou": 0.5}]}]),
+    b = parse_iou_scores(scores_obj([{"image_id": 1, "score": None, "instances": []},
+                                     {"image_id": 2, "score": 0.5, "instances": [{"index": 0, "iou": 0.5}]}]),
                          path="b.json")
     with pytest.raises(WsisError, match="a.json: index 0 is in image 1 but in image 2 in b.json"):
         compare_scores(a, b)

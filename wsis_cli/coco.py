@@ -357,6 +357,22 @@ def _check_segmentation(segm: Any, height: int, width: int, fail) -> None:
             fail(f"compressed RLE counts sum to {sum(runs)}, expected height*width = {height * width}")
 
 
+def _check_wsis_block(block: Any, fail) -> None:
+    """An annotation's ``wsis`` record (what wsis's pseudo-labellers add): an object whose
+    ``valid`` is a boolean, ``method`` a string, ``box_iou`` a number in 0..1, ``box_before`` a
+    box, when present."""
+    if not isinstance(block, dict):
+        fail("'wsis' must be an object (e.g. {\"method\": \"grabcut\", \"valid\": true})")
+    if "valid" in block and not isinstance(block["valid"], bool):
+        fail(f"'wsis.valid' must be true or false, got {block['valid']!r}")
+    if "method" in block and not isinstance(block["method"], str):
+        fail("'wsis.method' must be a string")
+    if "box_iou" in block and not (_is_num(block["box_iou"]) and 0 <= block["box_iou"] <= 1):
+        fail("'wsis.box_iou' must be a number in 0..1")
+    if block.get("box_before") is not None:
+        _check_bbox(block["box_before"], lambda msg: fail(f"'wsis.box_before': {msg}"))
+
+
 @dataclass
 class Dataset:
     """A validated COCO dataset. Records are the JSON dicts themselves."""
@@ -498,6 +514,8 @@ def parse_dataset(obj: Any, *, path: str = "<memory>") -> Dataset:
         for k in ("area", "score"):
             if k in a and not (_is_num(a[k]) and a[k] >= 0):
                 fail(f"'{k}' must be a finite number >= 0")
+        if "wsis" in a:
+            _check_wsis_block(a["wsis"], fail)
     if "licenses" in obj and not isinstance(obj["licenses"], list):
         raise InputError(path, "'licenses' must be a list")
     ds = Dataset(images=obj["images"], annotations=annotations, categories=obj["categories"],

@@ -16,7 +16,8 @@ import numpy as np
 
 from wsis_cli.errors import InputError, WsisError
 
-__all__ = ["IMAGE_SUFFIXES", "read_image", "read_sized_image", "write_image", "image_path", "folder_images"]
+__all__ = ["IMAGE_SUFFIXES", "read_image", "read_sized_image", "write_image", "image_path", "folder_images",
+           "image_size", "check_images"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -105,3 +106,37 @@ def folder_images(images_dir: str | os.PathLike) -> list[dict]:
         h, w = read_image(p).shape[:2]
         out.append({"id": i, "file_name": p.name, "height": h, "width": w})
     return out
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int, bool]:
+    """``(width, height, sure)`` of the picture as shown, read from the file's header without
+    decoding its pixels: the EXIF orientation is applied where the header holds it (JPEG, TIFF,
+    WebP); elsewhere (``sure`` False) a viewer may still turn the picture by a later EXIF chunk.
+    :class:`InputError` when the file is not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            sure = im.format in ("JPEG", "MPO", "TIFF", "WEBP")
+            orientation = im.getexif().get(0x0112, 1) if sure else 1
+    except FileNotFoundError:
+        raise InputError(path, "image file not found") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise InputError(path, "not an image file, its header cannot be read") from None
+    return (height, width, sure) if orientation in (5, 6, 7, 8) else (width, height, sure)
+
+
+def check_images(images: list[dict], paths: list[Path], dataset: str, *, sizes: bool = True) -> None:
+    """Before a long job starts: every file is a readable image and, with ``sizes``, of the size
+    its record says (one header read each, no decoding). The first fault is an :class:`InputError`."""
+    for im, path in zip(images, paths):
+        try:
+            width, height, sure = image_size(path)
+        except InputError as e:
+            raise InputError(path, f"{e.problem} (image {im['id']} of {dataset})") from None
+        if not sure and (width, height) == (im["height"], im["width"]):
+            width, height = height, width  # perhaps turned by EXIF: the decode will tell
+        if sizes and (height, width) != (im["height"], im["width"]):
+            raise InputError(path, f"is {width}x{height} px but image {im['id']} of {dataset} says "
+                                   f"{im['width']}x{im['height']}")

@@ -176,10 +176,14 @@ def compare_scores(predicted: IouScores, oracle: IouScores) -> dict:
       image score over them; a useful predictor does better.
     - ``n_instances``, ``mae_instance``: over the instances both files name (same key and id).
 
-    A MAE is None where nothing is compared. An instance placed in different images by the
-    two files means they describe different predictions: :class:`WsisError`.
+    A MAE is None where nothing is compared. Files with no image in common, or an instance
+    placed in different images by the two files, describe different predictions:
+    :class:`WsisError`.
     """
     o_score = dict(zip(oracle.images.image_ids.tolist(), oracle.images.scores.tolist()))
+    if not set(o_score) & set(predicted.images.image_ids.tolist()):
+        raise WsisError(f"{predicted.path}: has no image in common with {oracle.path}; they score different "
+                        "image sets")
     pairs = [(s, o_score[i]) for i, s in zip(predicted.images.image_ids.tolist(), predicted.images.scores.tolist())
              if i in o_score and not math.isnan(s) and not math.isnan(o_score[i])]
     p = np.array([a for a, _ in pairs], dtype=np.float64)

@@ -119,16 +119,17 @@ def show_dataset(ds, images: list[dict], images_dir, out_dir, *, progress=None) 
     fallback masks were drawn hatched."""
     from pathlib import Path
 
-    from wsis_cli.images import image_path, read_image, write_image
+    from wsis_cli.images import check_images, image_path, read_sized_image, write_image
 
     paths = [image_path(images_dir, im, dataset=ds.path) for im in images]  # all there before any drawing
+    check_images(images, paths, ds.path)  # and of the sizes the dataset says: masks must fit them
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tiles, n_fallback = [], 0
     for k, (im, path) in enumerate(zip(images, paths), start=1):
         anns = ds.anns_by_image[im["id"]]
         n_fallback += sum(is_fallback(a) for a in anns)
-        pic = render_overlay(read_image(path), anns, ds.category_by_id)
+        pic = render_overlay(read_sized_image(path, im, ds.path), anns, ds.category_by_id)
         write_image(out_dir / f"{im['id']}.png", pic)
         tiles.append((f"{im['id']}: {len(anns)}", pic))
         if progress:

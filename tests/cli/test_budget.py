@@ -32,6 +32,8 @@ def test_cli_bad_input(runner):
     assert r.exit_code == 2 and "must be one of il, ilc, box, full" in r.stderr
     r = runner.invoke(app, ["budget", "--strong", "-3"])
     assert r.exit_code == 2
-    r = runner.invoke(app, ["budget", "--strong", "1", "--t-mask", "inf", "--json"])
-    assert r.exit_code == 1
-    assert r.stderr.strip() == "wsis: error: cost model: t_mask must be a finite number >= 0, got inf"
+    for args, option in ((["--t-mask", "inf"], "--t-mask"), (["--t-mask", "-1"], "--t-mask"),
+                         (["--t-class", "nan"], "--t-class"), (["--objects-per-image", "inf"], "--objects-per-image"),
+                         (["--classes-per-image", "25"], "--classes-per-image")):
+        r = runner.invoke(app, ["budget", "--strong", "1", *args, "--json"])
+        assert r.exit_code == 2 and option in r.stderr and not r.stdout, (args, r.stderr)

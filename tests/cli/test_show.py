@@ -40,3 +40,12 @@ def test_cli_bad_inputs(runner, tmp_path):
     r = runner.invoke(app, ["show", str(ds), "--images", images, "--out", str(tmp_path / "s")])
     assert r.exit_code == 1 and "000002.png: image file not found (image 2" in r.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_a_picture_of_another_size_than_its_record_is_refused(runner, tmp_path):
+    gt = synthesize(tmp_path, n=2, size=64, seed=0)
+    gt["images"][1]["width"] = gt["images"][1]["height"] = 96
+    ds = write(tmp_path / "gt.json", {**gt, "annotations": []})
+    r = runner.invoke(app, ["show", str(ds), "--images", str(tmp_path / "images"), "--out", str(tmp_path / "s")])
+    assert r.exit_code == 1 and r.stderr.strip().endswith("is 64x64 px but image 2 of " + str(ds) + " says 96x96")
+    assert not (tmp_path / "s").exists()  # nothing drawn

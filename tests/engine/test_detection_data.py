@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from wsis_cli.coco import Dataset, parse_dataset
 from wsis_cli.engine.detection_data import epoch_batches, training_set
-from wsis_cli.errors import WsisError
+from wsis_cli.errors import InputError, WsisError
+from wsis_cli.images import write_image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-TINY = dict(backbone="resnet18", weights="none", min_size=96, max_size=96, fpn_channels=32, head_channels=64,
-            keep_epochs=0, scale_jitter=False, warmup_iters=2)
-
 
 def _ds(anns: list[dict], n_images: int = 3) -> Dataset:
     images = [{"id": i, "file_name": f"{i}.png", "height": 32, "width": 32} for i in range(1, n_images + 1)]
@@ -28,7 +26,7 @@ def _square(x, y, s):
 
 def test_training_set_rules(tmp_path):
     for i in range(1, 4):
-        (tmp_path / f"{i}.png").write_bytes(b"")
+        write_image(tmp_path / f"{i}.png", np.zeros((32, 32, 3), np.uint8))
     ds = _ds([
         {"image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10], "segmentation": _square(2, 2, 10)},
         {"image_id": 1, "category_id": 2, "bbox": [15, 15, 10, 10]},                      # box only
@@ -62,3 +60,16 @@ def test_epoch_batches_split_every_image_between_ranks():
 
 
 # ----------------------------------------------------------------------------- training runs
+
+
+def test_every_image_is_checked_before_training(tmp_path):
+    for i in range(1, 4):
+        write_image(tmp_path / f"{i}.png", np.zeros((32, 32, 3), np.uint8))
+    ds = _ds([{"image_id": i, "category_id": 1, "bbox": [2, 2, 10, 10], "segmentation": _square(2, 2, 10)}
+              for i in (1, 2, 3)])
+    write_image(tmp_path / "3.png", np.zeros((32, 40, 3), np.uint8))
+    with pytest.raises(InputError, match=r"3.png: is 40x32 px but image 3 of t.json says 32x32$"):
+        training_set(ds, tmp_path)
+    (tmp_path / "2.png").write_bytes(b"\x89PNG junk")
+    with pytest.raises(InputError, match=r"2.png: not an image file, its header cannot be read \(image 2 of t.json\)"):
+        training_set(ds, tmp_path)

@@ -181,8 +181,8 @@ def test_input_errors(synth6, tmp_path):
     for im in ds.images:
         (bad / im["file_name"]).parent.mkdir(parents=True, exist_ok=True)
         (bad / im["file_name"]).write_bytes((images / im["file_name"]).read_bytes())
-    (bad / ds.images[3]["file_name"]).write_text("not a png")
-    with pytest.raises(WsisError, match=f"not an image OpenCV can decode \\(image {ds.images[3]['id']} of "):
+    (bad / ds.images[3]["file_name"]).write_text("not a png")  # found before the first step
+    with pytest.raises(WsisError, match=f"not an image file, its header cannot be read \\(image {ds.images[3]['id']} of "):
         train_classifier(ds, bad, cfg, out=tmp_path / "c.pt")
     assert not (tmp_path / "c.pt").exists()
 
@@ -214,10 +214,15 @@ def test_worker_processes_give_the_same_weights(synth6, tmp_path):
                 torch.load(tmp_path / "2.pt", weights_only=True)["model"])
     bad = tmp_path / "images"
     bad.mkdir()
-    for im in ds.images:
-        (bad / im["file_name"]).write_bytes(b"junk")
+    for im in ds.images:  # a PNG whose header reads but whose pixels do not decode: found by a worker
+        (bad / im["file_name"]).write_bytes((images / im["file_name"]).read_bytes()[:120])
     with pytest.raises(WsisError, match=r"^\S+: not an image OpenCV can decode \(image \d+ of "):
         train_classifier(ds, bad, ClassifierConfig(epochs=1, workers=2, **TINY), out=tmp_path / "x.pt")
+    for im in ds.images:  # not an image at all: found before the first step
+        (bad / im["file_name"]).write_bytes(b"junk")
+    with pytest.raises(WsisError, match=r"^\S+: not an image file, its header cannot be read \(image \d+ of "):
+        train_classifier(ds, bad, ClassifierConfig(epochs=1, workers=2, **TINY), out=tmp_path / "y.pt")
+    assert not (tmp_path / "y.pt").exists()
 
 
 @pytest.mark.gpu

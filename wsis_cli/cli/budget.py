@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import typer
@@ -38,6 +39,14 @@ def budget(
 
     if weak_type not in WEAK_TYPES:
         raise typer.BadParameter(f"must be one of {', '.join(WEAK_TYPES)}", param_hint="--weak-type")
+    values = {"--classes": classes, "--classes-per-image": classes_per_image, "--objects-per-image": objects_per_image,
+              "--t-class": t_class, "--t-count": t_count, "--t-mask": t_mask, "--t-box": t_box}
+    for option, value in values.items():  # the cost model's own checks, as usage errors naming the option
+        if not (math.isfinite(value) and value >= 0):
+            raise typer.BadParameter(f"must be a finite number >= 0, got {value}", param_hint=option)
+    if classes_per_image > classes:
+        raise typer.BadParameter(f"{classes_per_image} classes per image exceeds --classes {classes}",
+                                 param_hint="--classes-per-image")
     model = CostModel(classes=classes, classes_per_image=classes_per_image, objects_per_image=objects_per_image,
                       t_class=t_class, t_count=t_count, t_mask=t_mask, t_box=t_box)
     rec = compute(strong=strong, weak=weak, weak_type=weak_type, model=model)

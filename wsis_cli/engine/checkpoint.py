@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from wsis_cli.errors import WsisError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "damaged_checkpoint", "load_model"]
+__all__ = ["save_checkpoint", "load_checkpoint", "damaged_checkpoint", "load_model", "short_message"]
 
 
 def save_checkpoint(path: str | os.PathLike, obj: dict[str, Any]) -> None:
@@ -19,7 +19,29 @@ def save_checkpoint(path: str | os.PathLike, obj: dict[str, Any]) -> None:
 
     from wsis_cli.coco import write_atomic
 
-    write_atomic(path, lambda fh: torch.save(obj, fh), what="a checkpoint file")
+    try:
+        write_atomic(path, lambda fh: torch.save(obj, fh), what="a checkpoint file")
+    except RuntimeError as e:  # torch's zip writer reports a short write (a full disk) this way
+        raise WsisError(f"{path}: cannot write a checkpoint file: {_write_failure(Path(path), e)}") from None
+
+
+def _write_failure(path: Path, e: BaseException) -> str:
+    import shutil
+
+    try:
+        if shutil.disk_usage(path.parent).free < 64 * 2**20:
+            return "no space left on device"
+    except OSError:
+        pass
+    return short_message(e)
+
+
+def short_message(e: BaseException, limit: int = 160) -> str:
+    """``Type: the first line of its message``, cut at a word (with an ellipsis) past ``limit``."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    if len(first) > limit:
+        first = first[:limit].rsplit(" ", 1)[0].rstrip(" ,;:") + "…"
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def load_checkpoint(path: str | os.PathLike, *, kind: str) -> dict[str, Any]:
@@ -33,8 +55,7 @@ def load_checkpoint(path: str | os.PathLike, *, kind: str) -> dict[str, Any]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - whatever the reason, the file is not one we can use
-        first = (str(e).strip().splitlines() or [""])[0][:160]
-        raise WsisError(f"{p}: not a {kind} checkpoint (cannot read it: {type(e).__name__}: {first})") from None
+        raise WsisError(f"{p}: not a {kind} checkpoint (cannot read it: {short_message(e)})") from None
     fmt = obj.get("format") if isinstance(obj, dict) else None
     if fmt != kind:
         what = f"format {fmt!r}" if fmt is not None else f"a {type(obj).__name__} without a 'format' key"
@@ -44,8 +65,7 @@ def load_checkpoint(path: str | os.PathLike, *, kind: str) -> dict[str, Any]:
 
 def damaged_checkpoint(path: str | os.PathLike, fmt: str, e: BaseException) -> WsisError:
     """The error for a checkpoint that loads but does not fit its model."""
-    first = (str(e).strip().splitlines() or [""])[0][:160]
-    return WsisError(f"{path}: a damaged {fmt} checkpoint ({type(e).__name__}: {first})")
+    return WsisError(f"{path}: a damaged {fmt} checkpoint ({short_message(e)})")
 
 
 def load_model(path: str | os.PathLike, *, kind: str, version: int, build: Callable[[dict], Any],

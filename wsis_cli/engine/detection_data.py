@@ -24,7 +24,7 @@ from wsis_cli.coco import Dataset, supervision_level
 from wsis_cli.engine.loop import FailedSample
 from wsis_cli.engine.rng import keyed_rng
 from wsis_cli.errors import WsisError
-from wsis_cli.images import image_path, read_sized_image
+from wsis_cli.images import check_images, image_path, read_sized_image
 
 __all__ = ["TrainSet", "training_set", "check_validation_set", "DetectionImages", "collate_detection", "epoch_batches", "SAMPLE", "ORDER",
            "TORCH"]
@@ -86,6 +86,7 @@ def training_set(ds: Dataset, images_dir: str | os.PathLike, *, only_valid: bool
         raise WsisError(f"{ds.path}: no annotation has a mask; give --boxes-only to train a detector, or make masks "
                         "first (wsis pseudolabel grabcut)")
     paths = [image_path(images_dir, im, dataset=ds.path) for im in images]
+    check_images(images, paths, ds.path)  # a broken file fails now, not hours into training
     return TrainSet(ds, images, paths, anns, [c["id"] for c in ds.categories], skipped)
 
 

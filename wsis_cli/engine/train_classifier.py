@@ -38,7 +38,7 @@ from wsis_cli.engine.loop import FailedSample, amp_on, interrupt_note, make_load
 from wsis_cli.engine.rng import keyed_rng, torch_seed
 from wsis_cli.engine.runs import check_resume
 from wsis_cli.errors import WsisError
-from wsis_cli.images import image_path, read_image
+from wsis_cli.images import check_images, image_path, read_image
 from wsis_cli.models.classifier import PeakClassifier, build_classifier, image_tensor
 
 __all__ = [
@@ -228,6 +228,7 @@ def train_classifier(
     out = Path(out)
     labels = _checked_labels(ds)
     paths = [image_path(images_dir, im, dataset=ds.path) for im in ds.images]
+    check_images(ds.images, paths, ds.path, sizes=False)  # a broken file fails now, not hours into training
     if out.is_dir():
         raise WsisError(f"{out}: is a directory, expected a checkpoint file path")
     if out.exists() and not (resume or overwrite):
