@@ -87,11 +87,11 @@ def naive(sets) -> tuple[dict, dict, float]:
 
 
 def verb(sets, cfg, workers: int) -> tuple[dict, dict, float, list]:
-    from wsis_cli.pseudo.box_masks import pseudolabel_boxes
+    from wsis_cli.pseudo.grabcut_dataset import pseudolabel_grabcut
 
     masks, areas, outputs, t0 = {}, {}, [], time.perf_counter()
     for ds, img_dir, _ in sets:
-        out, _ = pseudolabel_boxes(ds, ds.images, img_dir, cfg, workers=workers)
+        out = pseudolabel_grabcut(ds, images_dir=img_dir, cfg=cfg, workers=workers).to_dataset()
         outputs.append((ds, out))
         for a in out.annotations:
             masks[a["id"]] = a["segmentation"]

@@ -11,6 +11,10 @@ Every per-image verb (``pseudolabel grabcut`` first) uses the same three pieces:
   dataset's order, so it is identical to an uninterrupted run's.
 - :func:`run_images`: maps a top-level function over the images, in a pool of ``workers``
   processes (in-process for 1), logging each result as it arrives.
+- :func:`run_job`: the life of a resumable run writing one output file: its log is opened
+  (refused when an interrupted run's log is there and ``resume`` is off), the run's result
+  written, and the log removed on success, kept on an error or an interrupt (with a note saying
+  where the finished images are) or removed when nothing was finished.
 """
 
 from __future__ import annotations
@@ -20,11 +24,15 @@ import json
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Iterable, TypeVar
 
 from wsis_cli.errors import WsisError
 
-__all__ = ["parse_shard", "shard_images", "fingerprint", "ResumeLog", "run_images", "default_workers"]
+__all__ = ["parse_shard", "shard_images", "fingerprint", "ResumeLog", "run_images", "default_workers",
+           "OptionError", "Job", "resume_log_path", "run_job"]
+
+T = TypeVar("T")
 
 
 def default_workers() -> int:
@@ -187,3 +195,81 @@ def run_images(fn: Callable[[Any], Any], tasks: Iterable[tuple[int, Any]], *, wo
         raise
     ex.shutdown(wait=True)
     return results
+
+
+class OptionError(WsisError):
+    """A wrong ``--out`` / ``--resume`` combination; ``option`` names the option (the CLI reports
+    it as a usage error of that option)."""
+
+    def __init__(self, message: str, option: str):
+        super().__init__(message)
+        self.option = option
+
+
+def resume_log_path(out: str, *, resume: bool = False) -> Path | None:
+    """Where a run writing ``out`` logs its finished images: ``OUT.resume.jsonl`` for a regular
+    output file; None for stdout and special files (/dev/null, pipes).
+
+    Raises :class:`OptionError` for a folder ``out``, or ``resume`` without a log path, and
+    WsisError when the log of an interrupted run is there and ``resume`` is off.
+    """
+    if out == "-":
+        path = None
+    elif Path(out).is_dir():
+        raise OptionError(f"{out} is a folder; give an output file", "--out")
+    elif Path(out).exists() and not Path(out).is_file():
+        path = None
+    else:
+        path = Path(f"{out}.resume.jsonl")
+    if resume and path is None:
+        raise OptionError("--resume keeps its progress next to the output: give --out FILE (a regular file)",
+                          "--resume")
+    if path is not None and path.exists() and not resume:
+        raise WsisError(f"{path} holds an interrupted run: add --resume to continue it, or delete it to start afresh")
+    return path
+
+
+@dataclass
+class Job(Generic[T]):
+    """A resumable run: ``run(log)`` does the work (``log``: the :class:`ResumeLog`, or None);
+    ``verb``, ``options`` and ``payload`` are what determines its output (fingerprinted, so a
+    resume never mixes two runs); ``total``: how many images it has."""
+
+    verb: str
+    options: dict
+    payload: Any
+    total: int
+    run: Callable[[ResumeLog | None], T]
+
+
+def run_job(job: Job[T], *, out: str, resume: bool, write: Callable[[T], None],
+            note: Callable[[str], None] = lambda m: None) -> T:
+    """Run ``job`` and ``write`` its result (to ``out``), logging finished images next to ``out``
+    (:func:`resume_log_path`). On success the log is removed; on an error or an interrupt it is
+    kept for ``resume`` (removed when nothing was finished) and the error says where (a
+    WsisError stays one line; other exceptions get ``note``). ``note`` also says how much a
+    resumed run found done."""
+    log_path = resume_log_path(out, resume=resume)
+    log = None
+    if log_path is not None:
+        log = ResumeLog(log_path, fingerprint(job.verb, job.options, job.payload), resume=resume)
+        if resume and log.done:
+            note(f"resuming: {len(log.done)} of {job.total} images already done")
+    try:
+        result = job.run(log)
+        write(result)
+    except BaseException as e:
+        if log is None:
+            raise
+        log.close(remove=False)  # keep the finished images for --resume
+        if not log.done:
+            log.path.unlink(missing_ok=True)
+            raise
+        kept = f"{len(log.done)} finished images are kept in {log.path}: rerun with --resume to continue"
+        if isinstance(e, WsisError):  # still one line: the fault, then where the work is kept
+            raise WsisError(f"{e} ({kept})") from None
+        note(kept)
+        raise
+    if log is not None:
+        log.close(remove=True)
+    return result

@@ -13,8 +13,7 @@ import pytest
 from conftest import write
 from wsis_cli.cli.app import app
 from wsis_cli.coco import load_dataset, parse_dataset, rle_to_mask
-from wsis_cli.jobs import ResumeLog, fingerprint
-from wsis_cli.pseudo import box_masks
+from wsis_cli.pseudo import grabcut_dataset
 from wsis_cli.synth import synthesize
 from wsis_cli.weaken import weaken
 
@@ -277,7 +276,7 @@ def test_resume_after_interruption_gives_identical_output(runner, synth_boxes, t
     assert run(runner, *args, "--out", full).exit_code == 0
 
     out = tmp_path / "resumed.json"
-    real = box_masks.grabcut_image
+    real = grabcut_dataset.grabcut_image
     calls = []
 
     def dies_after_three(job):
@@ -286,7 +285,7 @@ def test_resume_after_interruption_gives_identical_output(runner, synth_boxes, t
         calls.append(job.image_id)
         return real(job)
 
-    monkeypatch.setattr(box_masks, "grabcut_image", dies_after_three)
+    monkeypatch.setattr(grabcut_dataset, "grabcut_image", dies_after_three)
     r = run(runner, *args, "--out", out)
     assert r.exit_code != 0 and not out.exists()
     side = Path(f"{out}.resume.jsonl")
@@ -294,34 +293,12 @@ def test_resume_after_interruption_gives_identical_output(runner, synth_boxes, t
     assert len(side.read_text().splitlines()) == 1 + 3  # header + three finished images
 
     calls.clear()
-    monkeypatch.setattr(box_masks, "grabcut_image", lambda job: (calls.append(job.image_id), real(job))[1])
+    monkeypatch.setattr(grabcut_dataset, "grabcut_image", lambda job: (calls.append(job.image_id), real(job))[1])
     r = run(runner, *args, "--out", out, "--resume")
     assert r.exit_code == 0, r.output
     assert len(calls) == 8 - 3  # finished images are not redone
     assert not side.exists()
     assert out.read_bytes() == full.read_bytes()  # byte for byte, provenance included
-
-
-def test_resume_refuses_another_runs_file(tmp_path):
-    log = ResumeLog(tmp_path / "x.resume.jsonl", fingerprint("v", {"a": 1}, []), resume=False)
-    log.append(1, {"ok": True})
-    log.close(remove=False)
-    for torn in ('{"image_id": 2, "resu', '{"image_id": 2, "result": {"ok": true}}'):  # killed mid-line
-        with open(tmp_path / "x.resume.jsonl", "a") as fh:
-            fh.write(torn)
-        again = ResumeLog(tmp_path / "x.resume.jsonl", fingerprint("v", {"a": 1}, []), resume=True)
-        assert again.done == {1: {"ok": True}}
-        again.append(3, {"ok": False})
-        again.close(remove=False)
-        text = (tmp_path / "x.resume.jsonl").read_text()
-        assert "\x00" not in text and text.endswith('{"image_id": 3, "result": {"ok": false}}\n')
-        lines = text.splitlines()
-        assert len(lines) == 3  # header, image 1, image 3: the torn line is gone
-        (tmp_path / "x.resume.jsonl").write_text("\n".join(lines[:2]) + "\n")
-    from wsis_cli.errors import WsisError
-
-    with pytest.raises(WsisError, match="belongs to another run"):
-        ResumeLog(tmp_path / "x.resume.jsonl", fingerprint("v", {"a": 2}, []), resume=True)
 
 
 def test_killed_process_resumes(tmp_path):

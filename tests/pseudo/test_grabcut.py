@@ -4,7 +4,7 @@ import pytest
 from wsis_cli.boxes import mask_to_box
 from wsis_cli.metrics import mask_iou
 from wsis_cli.pseudo.fallback import box_crop, box_mask, ellipse_mask
-from wsis_cli.pseudo.grabcut import (BoxResult, GrabCutConfig, box_seed, grabcut_box, resolve_overlaps,
+from wsis_cli.pseudo.grabcut import (BoxResult, GrabCutConfig, box_seed, grabcut_box, grabcut_trimap, resolve_overlaps,
                                      segment_boxes)
 from wsis_cli.errors import WsisError
 
@@ -184,3 +184,18 @@ def test_core_seeded_retry_only_replaces_invalid_masks_with_good_ones(tmp_path):
         else:
             assert r.method == "ellipse" and np.array_equal(p.mask, r.mask)
     assert rescued >= 1
+
+
+def test_grabcut_trimap_is_seeded_and_says_when_it_cannot_model():
+    import cv2
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 20, (20, 20, 3)).astype(np.uint8)
+    img[5:15, 5:15] += np.array([200, 30, 30], np.uint8)
+    trimap = np.full((20, 20), cv2.GC_BGD, np.uint8)
+    trimap[3:17, 3:17] = cv2.GC_PR_FGD
+    fg = grabcut_trimap(img, trimap.copy(), iters=3, seed=1)
+    assert fg.dtype == bool and fg.shape == (20, 20)
+    assert fg[5:15, 5:15].all() and not fg[:3].any()  # the red square, nothing of the sure background
+    np.testing.assert_array_equal(fg, grabcut_trimap(img, trimap.copy(), iters=3, seed=1))
+    assert grabcut_trimap(img, np.full((20, 20), cv2.GC_PR_FGD, np.uint8), iters=3, seed=1) is None  # no background

@@ -9,7 +9,7 @@ from tests.conftest import ann, make_dataset, rect_mask
 from wsis_cli.coco import parse_dataset, rle_to_mask
 from wsis_cli.detections import Detections
 from wsis_cli.errors import WsisError
-from wsis_cli.pseudo.net import needs_detections, pseudo_instances, pseudolabel_net_dataset
+from wsis_cli.pseudo.net import needs_detections, pseudo_instances, pseudolabel_net
 
 H = W = 64
 
@@ -199,7 +199,7 @@ def weak_dataset():
     return parse_dataset(make_dataset([(1, H, W), (2, H, W), (3, H, W), (4, H, W)], anns, n_cats=3))
 
 
-def test_pseudolabel_net_dataset_round_trip():
+def test_pseudolabel_net_round_trip():
     ds = weak_dataset()
     detected, boxed = [], []
 
@@ -212,9 +212,9 @@ def test_pseudolabel_net_dataset_round_trip():
         return FakeMasksInBoxes()
 
     seen = []
-    out, summary = pseudolabel_net_dataset(ds, ds.images, detect, masks_in_boxes_for, rank="score",
-                                           score_thr=0.05, options={"model": "run/"},
-                                           progress=lambda n, t: seen.append((n, t)))
+    labels = pseudolabel_net(ds, ds.images, detect, masks_in_boxes_for, rank="score", score_thr=0.05,
+                             options={"model": "run/"}, progress=lambda n, t: seen.append((n, t)))
+    out, summary = labels.to_dataset(), labels.summary
     assert detected == [1] and boxed == [2]
     assert seen[-1] == (4, 4)
     again = parse_dataset(json.loads(json.dumps(out.to_json())))
@@ -239,17 +239,36 @@ def test_pseudolabel_net_dataset_round_trip():
     def finds_nothing(im):
         return Detections.empty(DET.height, DET.width, ious=True)
 
-    out2, summary2 = pseudolabel_net_dataset(ds, ds.images, finds_nothing, masks_in_boxes_for)
+    labels2 = pseudolabel_net(ds, ds.images, finds_nothing, masks_in_boxes_for)
+    out2, summary2 = labels2.to_dataset(), labels2.summary
     assert 1 not in [im["id"] for im in out2.images] and summary2["unlabelled_images"] == 1
     assert 4 in [im["id"] for im in out2.images]  # an image without labels stays (a true negative)
 
 
-def test_pseudolabel_net_dataset_counts_shortfalls_and_checks_sizes():
+def test_pseudolabel_net_counts_shortfalls_and_checks_sizes():
     ds = weak_dataset()
     few = dets([(0, 0, 10, 10, 0.9, 1, 0.2)])
-    out, summary = pseudolabel_net_dataset(ds, ds.images[:1], lambda im: few, lambda im: None, rank="iou")
+    labels = pseudolabel_net(ds, ds.images[:1], lambda im: few, lambda im: None, rank="iou")
+    out, summary = labels.to_dataset(), labels.summary
     assert summary["short_of_count"] == 1 and summary["images_short"] == 1 and summary["il_empty"] == 1
     assert len(out.annotations) == 1 and [im["id"] for im in out.images] == [1]
     small = Detections(np.zeros((0, 4)), np.zeros(0), np.zeros(0), 32, 32, masks=np.zeros((0, 32, 32), bool))
     with pytest.raises(WsisError, match="image 1"):
-        pseudolabel_net_dataset(ds, ds.images, lambda im: small, lambda im: FakeMasksInBoxes())
+        pseudolabel_net(ds, ds.images, lambda im: small, lambda im: FakeMasksInBoxes())
+
+
+def test_pseudolabel_net_gives_pseudo_labels():
+    from wsis_cli.pseudo.labels import PseudoLabels
+    from wsis_cli.pseudo.net import summary_line
+
+    ds = weak_dataset()
+    labels = pseudolabel_net(ds, ds.images, lambda im: DET, lambda im: FakeMasksInBoxes())
+    assert isinstance(labels, PseudoLabels) and labels.ids.tolist() == [1, 2, 3, 4, 5, 6]
+    assert labels.methods == ["net"] * 5 + ["kept"]  # the full annotation is kept as it is
+    assert labels.boxes.shape == (6, 4) and labels.areas[5] == 64.0  # its area, filled in
+    np.testing.assert_allclose(labels.boxes[0], [0, 0, 10, 10])
+    assert labels.scores[:5].tolist() == pytest.approx([0.9, 0.7, 0.5, 0.05, 0.6]) and np.isnan(labels.scores[5])
+    assert summary_line(labels.summary, len(labels.images)) == "6 instances in 4 images (full 1, box 1, ilc 2, il 2)"
+    assert summary_line({**labels.summary, "images_short": 1, "unlabelled_images": 2}, 4).endswith(
+        "; 1 images with fewer detections than their counts; 2 labelled images left out (nothing found in them, "
+        "and training would take them for background)")

@@ -135,3 +135,12 @@ def test_labels_of_counts():
     anns = [{"category_id": 1}, {"category_id": 1}, {"category_id": 2, "count": None},
             {"category_id": 3, "count": 4}, {"category_id": 4, "bbox": [0, 0, 1, 1], "iscrowd": 1}]
     assert labels_of(anns) == {1: 2, 2: None, 3: 4, 4: None}
+
+
+def test_summary_line():
+    from wsis_cli.pseudo.prm import summary_line
+
+    s = {"images": 3, "instances": 5, "empty_masks": 0, "short_of_count": 0}
+    assert summary_line(s) == "5 instances in 3 images"
+    assert summary_line({**s, "empty_masks": 2, "short_of_count": 1}) == (
+        "5 instances in 3 images; 1 counted instances had no peak; 2 peaks dropped (empty mask)")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from wsis_cli.cli.io import cli_errors, info, progress_bar, warn, write_output
-from wsis_cli.cli.options import Device, ImagesDir, Out, Resume, Seed, Shard, Workers
+from wsis_cli.cli.options import Device, ImagesDir, Out, Resume, Seed, Shard, Workers, choice
 
 app = typer.Typer(help="Make instance masks (pseudo-labels) from weak labels.", no_args_is_help=True)
 
@@ -39,83 +39,33 @@ def grabcut(
     "wsis": {"method", "valid", "box_iou"} on every annotation. Pixels claimed by two instances
     go to the smaller one.
     """
-    from wsis_cli.coco import display_name, load_dataset, provenance
-    from wsis_cli.errors import WsisError
-    from wsis_cli.jobs import ResumeLog, default_workers, fingerprint, parse_shard, shard_images
-    from wsis_cli.pseudo.box_masks import pseudolabel_boxes
+    from wsis_cli.coco import load_dataset
+    from wsis_cli.jobs import default_workers, run_job
     from wsis_cli.pseudo.fallback import FALLBACKS
     from wsis_cli.pseudo.grabcut import GrabCutConfig
+    from wsis_cli.pseudo.grabcut_dataset import grabcut_job, summary_line
 
-    if fallback not in FALLBACKS:
-        raise typer.BadParameter(f"must be one of {', '.join(FALLBACKS)}", param_hint="--fallback")
-    part = parse_shard(shard)
-    log_path = resume_log_path(out)
-    if resume and log_path is None:
-        raise typer.BadParameter("--resume keeps its progress next to the output: give --out FILE (a regular file)",
-                                 param_hint="--resume")
-    if log_path is not None and log_path.exists() and not resume:
-        raise WsisError(f"{log_path} holds an interrupted run: add --resume to continue it, or delete it to start afresh")
+    choice(fallback, FALLBACKS, "--fallback")
+    _resume_log_path(out, resume)  # a wrong --out or --resume fails before the dataset loads
     cfg = GrabCutConfig(iters=iters, valid_iou=valid_iou, fallback=fallback, margin=margin, max_side=max_side,
                         cleanup=cleanup, retry_iou=RETRY_IOU if retry else 0.0, seed=seed)
     ds = load_dataset(boxes)
-    todo = shard_images(ds.images, part)
-    options = {"boxes": display_name(boxes), "images": str(images), "shard": shard, **cfg.to_dict()}
-    log = None
-    if log_path is not None:
-        run_id = fingerprint("pseudolabel grabcut", {k: v for k, v in options.items() if k != "boxes"},
-                             [todo, [a for im in todo for a in ds.anns_by_image[im["id"]]]])
-        log = ResumeLog(log_path, run_id, resume=resume)
-        if resume and log.done:
-            info(f"resuming: {len(log.done)} of {len(todo)} images already done")
+    with progress_bar("grabcut") as progress:
+        job = grabcut_job(ds, images_dir=images, cfg=cfg, shard=shard, workers=workers or default_workers(),
+                          progress=progress, warn=warn)
+        labels = run_job(job, out=out, resume=resume, write=lambda result: write_output(out, result.to_json()),
+                         note=info)
+    info(summary_line(labels.summary))
+
+
+def _resume_log_path(out: str, resume: bool):
+    """:func:`wsis_cli.jobs.resume_log_path`, its option errors as usage errors."""
+    from wsis_cli.jobs import OptionError, resume_log_path
+
     try:
-        with progress_bar("grabcut") as progress:
-            result, summary = pseudolabel_boxes(ds, todo, images, cfg, workers=workers or default_workers(), log=log,
-                                                progress=progress, warn=warn)
-        prov = provenance("pseudolabel grabcut", options, seed)
-        prov["summary"] = summary.to_dict()
-        write_output(out, result.to_json(prov))
-    except BaseException as e:
-        if not log:
-            raise
-        log.close(remove=False)  # keep the finished images for --resume
-        if not log.done:
-            log.path.unlink(missing_ok=True)
-            raise
-        note = f"{len(log.done)} finished images are kept in {log.path}: rerun with --resume to continue"
-        if isinstance(e, WsisError):  # still one line: the fault, then where the work is kept
-            raise WsisError(f"{e} ({note})") from None
-        info(note)
-        raise
-    if log:
-        log.close(remove=True)
-    _print_summary(summary)
-
-
-def resume_log_path(out: str) -> Path | None:
-    """Where a run writing ``out`` logs its finished images: ``OUT.resume.jsonl`` for a regular
-    output file; None for stdout and special files (/dev/null, pipes). A folder is a usage error."""
-    if out == "-":
-        return None
-    p = Path(out)
-    if p.is_dir():
-        raise typer.BadParameter(f"{out} is a folder; give an output file", param_hint="--out")
-    if p.exists() and not p.is_file():
-        return None
-    return Path(f"{out}.resume.jsonl")
-
-
-def _print_summary(s) -> None:
-    parts = [f"{s.masks} masks"]
-    for size, label in (("small", "small boxes (< 64x64 px)"), ("large", "large boxes")):
-        b = s.by_size[size]
-        if b["boxes"]:
-            parts.append(f"{label}: {b['invalid']}/{b['boxes']} invalid ({100 * b['invalid'] / b['boxes']:.0f}%)")
-    parts.append("methods: " + ", ".join(f"{k} {v}" for k, v in sorted(s.methods.items())))
-    if s.skipped:
-        parts.append(f"{s.skipped} boxes skipped (no area)")
-    if s.empty:
-        parts.append(f"{s.empty} masks empty")
-    info("; ".join(parts))
+        return resume_log_path(out, resume=resume)
+    except OptionError as e:
+        raise typer.BadParameter(str(e), param_hint=e.option) from None
 
 
 @app.command("prm")
@@ -140,38 +90,16 @@ def prm(
     least --peak-rel times the strongest. Writes a COCO dataset with bbox, RLE mask, score and
     the peak as "point" [x, y] per instance (the input `pseudolabel ccgr` uses).
     """
-    from wsis_cli.coco import display_name, load_dataset, provenance
-    from wsis_cli.engine.classifier import load_classifier
-    from wsis_cli.engine.device import resolve_device
-    from wsis_cli.jobs import parse_shard, shard_images
-    from wsis_cli.pseudo.prm import PRMConfig, pseudolabel_prm
+    from wsis_cli.coco import load_dataset
+    from wsis_cli.pseudo.prm import PRMConfig, pseudolabel_prm, summary_line
 
-    part = parse_shard(shard)
-    dev = resolve_device(device)  # checked by the --device option
     cfg = PRMConfig(peak_kernel=peak_kernel, peak_rel=peak_rel, prm_thr=prm_thr, refine=refine, seed=seed)
     ds = load_dataset(labels)
-    net, config = load_classifier(model, device=dev)
-    todo = shard_images(ds.images, part)
-    import torch
-
-    torch.manual_seed(seed)
     with progress_bar("prm") as progress:
-        anns, summary = pseudolabel_prm(ds, todo, images, net, config, cfg, device=dev, save_maps=save_maps,
-                                        progress=progress, warn=warn)
-    from dataclasses import replace
-
-    result = replace(ds, images=todo, annotations=anns)
-    options = {"labels": display_name(labels), "images": str(images), "model": str(model),
-               "save_maps": str(save_maps) if save_maps else None, "shard": shard, **cfg.to_dict()}
-    prov = provenance("pseudolabel prm", options, seed)
-    prov["summary"] = summary
-    write_output(out, result.to_json(prov))
-    parts = [f"{summary['instances']} instances in {summary['images']} images"]
-    if summary["short_of_count"]:
-        parts.append(f"{summary['short_of_count']} counted instances had no peak")
-    if summary["empty_masks"]:
-        parts.append(f"{summary['empty_masks']} peaks dropped (empty mask)")
-    info("; ".join(parts))
+        result = pseudolabel_prm(ds, images_dir=images, model=model, cfg=cfg, device=device, shard=shard,
+                                 save_maps=save_maps, progress=progress, warn=warn)
+    write_output(out, result.to_json())
+    info(summary_line(result.summary))
 
 
 @app.command("ccgr")
@@ -195,30 +123,17 @@ def ccgr(
     its own "point" and never takes in another instance's stop point of its class. Writes the
     refined bbox, a mask cropped from the class map, and "wsis": {"box_before"} per annotation.
     """
-    from wsis_cli.coco import display_name, load_dataset, provenance
-    from wsis_cli.pseudo.ccgr import CCGRConfig, ccgr_dataset
+    from wsis_cli.coco import load_dataset
+    from wsis_cli.pseudo.ccgr import CCGRConfig
+    from wsis_cli.pseudo.ccgr_dataset import pseudolabel_ccgr, summary_line
 
     cfg = CCGRConfig(steps=steps, context=context, lr=lr, objective=objective, threshold=threshold, stop=stop,
                      mask_thr=mask_thr)
     ds = load_dataset(boxes)
-    import torch
-
-    torch.manual_seed(seed)
     with progress_bar("ccgr", unit="box") as progress:
-        anns, summary = ccgr_dataset(ds, maps, cfg, progress=progress)
-    from dataclasses import replace
-
-    result = replace(ds, annotations=anns)
-    options = {"boxes": display_name(boxes), "maps": str(maps), **cfg.to_dict()}
-    prov = provenance("pseudolabel ccgr", options, seed)
-    prov["summary"] = summary
-    write_output(out, result.to_json(prov))
-    msg = f"{summary['boxes']} boxes refined ({summary['with_point']} with a point)"
-    if summary["mean_box_iou_moved"] is not None:
-        msg += f"; mean IoU of each box with its start {summary['mean_box_iou_moved']:.2f}"
-    if summary["empty_masks"]:
-        msg += f"; {summary['empty_masks']} masks empty (no score above --mask-thr in the box)"
-    info(msg)
+        result = pseudolabel_ccgr(ds, maps_dir=maps, cfg=cfg, seed=seed, progress=progress)
+    write_output(out, result.to_json())
+    info(summary_line(result.summary))
 
 
 @app.command("net")
@@ -246,21 +161,13 @@ def net(
     """
     from wsis_cli.coco import display_name, load_dataset
     from wsis_cli.inference import net_pseudolabels
+    from wsis_cli.pseudo.net import RANKS, summary_line
 
-    if rank not in ("score", "iou"):
-        raise typer.BadParameter("must be score or iou", param_hint="--rank")
-    dev = device  # checked by the --device option
+    choice(rank, RANKS, "--rank")
     ds = load_dataset(weak)
     with progress_bar("pseudolabel net") as progress:
-        result, summary = net_pseudolabels(ds, images, model, device=dev, rank=rank, score_thr=score_thr,
+        result, summary = net_pseudolabels(ds, images, model, device=device, rank=rank, score_thr=score_thr,
                                            options={"weak": display_name(weak), "images": str(images),
                                                     "model": str(model)}, progress=progress)
     write_output(out, result.to_json())
-    by = ", ".join(f"{k} {v}" for k, v in summary.get("by_source", {}).items() if v)
-    line = f"{summary.get('instances', len(result.annotations))} instances in {len(result.images)} images ({by})"
-    if summary.get("images_short"):
-        line += f"; {summary['images_short']} images with fewer detections than their counts"
-    if summary.get("unlabelled_images"):
-        line += (f"; {summary['unlabelled_images']} labelled images left out (nothing found in them, and training "
-                 "would take them for background)")
-    info(line)
+    info(summary_line(summary, len(result.images)))

@@ -26,7 +26,8 @@ from wsis_cli.boxes import box_iou, mask_to_box
 from wsis_cli.errors import WsisError
 from wsis_cli.pseudo.fallback import FALLBACKS, fallback_crop, paste, pixel_span
 
-__all__ = ["GrabCutConfig", "BoxResult", "grabcut_box", "segment_boxes", "resolve_overlaps", "box_seed"]
+__all__ = ["GrabCutConfig", "BoxResult", "grabcut_trimap", "grabcut_box", "segment_boxes", "resolve_overlaps",
+           "box_seed"]
 
 INITS = ("rect", "ellipse", "core")
 COLORS = ("rgb", "lab", "hsv")
@@ -119,6 +120,30 @@ def _fill_holes(m: np.ndarray) -> np.ndarray:
     return m | ~outside[1:-1, 1:-1]
 
 
+def grabcut_trimap(image: np.ndarray, trimap: np.ndarray, *, iters: int, seed: int) -> np.ndarray | None:
+    """GrabCut initialised with a trimap: the one call to OpenCV's GrabCut that box and PRM masks share.
+
+    Args:
+        image: ``uint8 (h, w, 3)``, in the channel order the caller's colour models want.
+        trimap: ``uint8 (h, w)`` of ``cv2.GC_BGD``, ``GC_FGD``, ``GC_PR_BGD``, ``GC_PR_FGD``;
+            updated in place.
+        iters: GrabCut iterations.
+        seed: OpenCV's random generator (GrabCut's k-means) is seeded with it first.
+    Returns:
+        ``bool (h, w)``: the sure and probable foreground; None when GrabCut cannot fit its colour
+        models (too few distinct pixels).
+    """
+    import cv2
+
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(int(seed))
+    try:
+        cv2.grabCut(np.ascontiguousarray(image), trimap, None, bgd, fgd, iters, cv2.GC_INIT_WITH_MASK)
+    except cv2.error:
+        return None
+    return (trimap == cv2.GC_FGD) | (trimap == cv2.GC_PR_FGD)
+
+
 def grabcut_box(image: np.ndarray, box, cfg: GrabCutConfig, seed: int) -> tuple[np.ndarray | None, tuple[int, int]]:
     """GrabCut one ``x1, y1, x2, y2`` box (inside the image) of an ``HxWx3`` uint8 image.
 
@@ -166,13 +191,9 @@ def grabcut_box(image: np.ndarray, box, cfg: GrabCutConfig, seed: int) -> tuple[
         crop = cv2.cvtColor(crop, cv2.COLOR_RGB2LAB)
     elif cfg.color == "hsv":
         crop = cv2.cvtColor(crop, cv2.COLOR_RGB2HSV)
-    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    cv2.setRNGSeed(seed)
-    try:
-        cv2.grabCut(np.ascontiguousarray(crop), gc, None, bgd, fgd, cfg.iters, cv2.GC_INIT_WITH_MASK)
-    except cv2.error:  # too few distinct pixels to fit the colour models
+    fg = grabcut_trimap(crop, gc, iters=cfg.iters, seed=seed)
+    if fg is None:
         return None, (R1, C1)
-    fg = (gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)
     if scale != 1.0:
         fg = cv2.resize(fg.astype(np.uint8), (cw, ch), interpolation=cv2.INTER_NEAREST).astype(bool)
     inside = np.zeros((ch, cw), dtype=bool)

@@ -32,13 +32,15 @@ from typing import Callable
 
 import numpy as np
 
-from wsis_cli.boxes import box_iou, mask_to_box, xywh_to_xyxy, xyxy_to_xywh
-from wsis_cli.coco import (Dataset, fill_areas, has_segmentation, labels_of, mask_to_rle, provenance, rle_to_json,
-                           rle_to_mask, segm_to_rle, supervision_level)
+from wsis_cli.boxes import box_iou, mask_to_box, xywh_to_xyxy
+from wsis_cli.coco import (Dataset, has_segmentation, labels_of, provenance, rle_to_mask, segm_to_rle,
+                           supervision_level)
 from wsis_cli.detections import Detections
 from wsis_cli.errors import WsisError
+from wsis_cli.pseudo.labels import Instance, PseudoLabels, to_record
 
-__all__ = ["RANKS", "DUPLICATE_IOU", "MasksInBoxes", "pseudo_instances", "pseudolabel_net_dataset", "needs_detections"]
+__all__ = ["RANKS", "DUPLICATE_IOU", "MasksInBoxes", "image_pseudo_labels", "pseudo_instances", "pseudolabel_net",
+           "needs_detections", "summary_line"]
 
 RANKS = ("score", "iou")
 DUPLICATE_IOU = 0.5
@@ -62,23 +64,22 @@ def needs_detections(anns: list[dict]) -> bool:
     return any(_image_level(a) for a in anns)
 
 
-def _r(v) -> float:
-    return round(float(v), 6)
-
-
-def _instance(image_id: int, category_id: int, mask: np.ndarray, box_xyxy: np.ndarray, score, iou,
-              wsis: dict) -> dict:
-    """A new annotation (no id) from a mask; ``box_xyxy`` is its bbox (None: the mask's own)."""
+def _instance(image_id: int, category_id: int, mask: np.ndarray, box_xyxy, score, iou, wsis: dict) -> Instance:
+    """A new instance (id 0 until numbered) from a mask; ``box_xyxy`` is its box (None: the mask's own)."""
     if box_xyxy is None:
         box_xyxy = mask_to_box(mask)
-    out = {"image_id": int(image_id), "category_id": int(category_id),
-           "bbox": [_r(v) for v in xyxy_to_xywh(np.asarray(box_xyxy, np.float64)[None])[0]],
-           "segmentation": rle_to_json(mask_to_rle(mask)), "area": float(mask.sum()), "iscrowd": 0,
-           "score": _r(score)}
-    if iou is not None:
-        out["iou"] = _r(iou)
-    out["wsis"] = {"method": "net", **wsis}
-    return out
+    return Instance.from_mask(mask, id=0, image_id=int(image_id), category_id=int(category_id),
+                              box=np.asarray(box_xyxy, np.float64), score=float(score),
+                              iou=None if iou is None else float(iou), method="net", wsis=wsis, fields={"iscrowd": 0})
+
+
+def _kept(a: dict) -> Instance:
+    """A full annotation (or a crowd region) as it is, its provenance added."""
+    fields = {k: v for k, v in a.items() if k not in ("id", "wsis")}
+    fields["wsis"] = {"method": "net", "source": supervision_level(a), "ann_id": a.get("id")}
+    box = xywh_to_xyxy(a["bbox"])[0] if a.get("bbox") is not None else None
+    return Instance(id=0, image_id=a["image_id"], category_id=a["category_id"], box=box, area=a.get("area"),
+                    method="kept", fields=fields)
 
 
 def _ann_box(a: dict, height: int, width: int) -> np.ndarray | None:
@@ -99,16 +100,21 @@ def _ranked(det: Detections, index: np.ndarray, rank: str) -> np.ndarray:
     return index[order]
 
 
-def pseudo_instances(anns: list[dict], det: Detections | None, *, masks_in_boxes: MasksInBoxes | None = None,
-                     rank: str = "score", score_thr: float = 0.05, stats: dict | None = None) -> list[dict]:
+def pseudo_instances(anns: list[dict], det: Detections | None, **kwargs) -> list[dict]:
+    """:func:`image_pseudo_labels` as COCO annotation records without ``id``."""
+    return [{k: v for k, v in to_record(r).items() if k != "id"} for r in image_pseudo_labels(anns, det, **kwargs)]
+
+
+def image_pseudo_labels(anns: list[dict], det: Detections | None, *, masks_in_boxes: MasksInBoxes | None = None,
+                        rank: str = "score", score_thr: float = 0.05, stats: dict | None = None) -> list[Instance]:
     """The pseudo instances of one image from its weak annotations ``anns`` (all of one image)
     and the model's detections ``det`` on it (masks needed; None is allowed when no annotation is
     an image-level label, see :func:`needs_detections`).
 
     ``masks_in_boxes`` (needed when there are box labels) is called once, with all of the image's
-    non-crowd box labels. Returns new annotation dicts without ``id``: full annotations, then box
-    labels (in the order of ``anns``), then the image-level instances (class by class in order of
-    first appearance, best first). ``stats``, when given, is updated with ``short_of_count`` (how
+    non-crowd box labels. Returns the instances (``id`` 0: not numbered yet): full annotations
+    (method ``"kept"``), then box labels (in the order of ``anns``), then the image-level
+    instances (class by class in order of first appearance, best first). ``stats``, when given, is updated with ``short_of_count`` (how
     many instances of ``ilc`` counts found no detection), ``il_empty`` (``il`` classes with no
     detection over the threshold) and ``empty_masks`` (instances whose mask is empty).
     """
@@ -122,14 +128,9 @@ def pseudo_instances(anns: list[dict], det: Detections | None, *, masks_in_boxes
     stats = {} if stats is None else stats
     for k in ("short_of_count", "il_empty", "empty_masks"):
         stats.setdefault(k, 0)
-    out: list[dict] = []
-
     # full (and crowd regions with a box or a mask): as they are
-    for a in anns:
-        if supervision_level(a) == "full" or (supervision_level(a) == "box" and a.get("iscrowd")):
-            kept = {k: v for k, v in a.items() if k not in ("id", "wsis")}
-            kept["wsis"] = {"method": "net", "source": supervision_level(a), "ann_id": a.get("id")}
-            out.append(kept)
+    out = [_kept(a) for a in anns if supervision_level(a) == "full" or (supervision_level(a) == "box"
+                                                                          and a.get("iscrowd"))]
 
     # box labels: the model's mask inside each box
     boxed = [a for a in anns if _box_label(a)]
@@ -183,18 +184,33 @@ def pseudo_instances(anns: list[dict], det: Detections | None, *, masks_in_boxes
     return out
 
 
-def pseudolabel_net_dataset(ds: Dataset, images: list[dict], detect: Callable[[dict], Detections],
-                            masks_in_boxes_for: Callable[[dict], MasksInBoxes], *, rank: str = "score",
-                            score_thr: float = 0.05, options: dict | None = None,
-                            progress: Callable[[int, int], None] | None = None) -> tuple[Dataset, dict]:
+def _area(rec: dict, im: dict) -> float | None:
+    """A kept record's area when it has none: its mask's pixels, else its box's w*h."""
+    if has_segmentation(rec):
+        from pycocotools import mask as mask_utils
+
+        return float(mask_utils.area(segm_to_rle(rec["segmentation"], im["height"], im["width"])))
+    if rec.get("bbox") is not None:
+        return float(rec["bbox"][2] * rec["bbox"][3])
+    return None
+
+
+def _source(r: Instance) -> str:
+    return (r.fields["wsis"] if r.method == "kept" else r.wsis)["source"]
+
+
+def pseudolabel_net(ds: Dataset, images: list[dict], detect: Callable[[dict], Detections],
+                    masks_in_boxes_for: Callable[[dict], MasksInBoxes], *, rank: str = "score",
+                    score_thr: float = 0.05, options: dict | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> PseudoLabels:
     """Pseudo-label ``images`` (records of ``ds``, e.g. a shard) with a model.
 
     ``detect(image record) -> Detections`` runs the model on an image; it is called only for
     images with image-level labels. ``masks_in_boxes_for(image record)`` gives the image's
     :data:`MasksInBoxes`; it is called (and its result used) only for images with box labels.
-    Returns a training-ready dataset (``images``, ``ds``'s categories, annotation ids 1..N in
-    image order, ``info.wsis`` from :func:`wsis_cli.coco.provenance` with ``rank``,
-    ``score_thr`` and ``options``) and a summary: ``images``, ``detected`` (images the model ran
+    Returns training-ready pseudo-labels (``images``, ids 1..N in image order; kept records
+    without an ``area`` get one; provenance from :func:`wsis_cli.coco.provenance` with ``rank``,
+    ``score_thr`` and ``options``) with a summary: ``images``, ``detected`` (images the model ran
     on), ``instances``, ``by_source``, ``short_of_count`` (instances of counts not found),
     ``images_short`` (images with any), ``il_empty``, ``empty_masks``, ``unlabelled_images``
     (labelled images in which nothing was found: left out of the dataset, since training would
@@ -205,7 +221,7 @@ def pseudolabel_net_dataset(ds: Dataset, images: list[dict], detect: Callable[[d
     summary = {"images": len(images), "detected": 0, "instances": 0,
                "by_source": {"full": 0, "box": 0, "ilc": 0, "il": 0},
                "short_of_count": 0, "images_short": 0, "il_empty": 0, "empty_masks": 0, "unlabelled_images": 0}
-    annotations: list[dict] = []
+    rows: list[Instance] = []
     kept_images: list[dict] = []
     for n, im in enumerate(images, 1):
         anns = ds.anns_by_image.get(im["id"], [])
@@ -218,25 +234,34 @@ def pseudolabel_net_dataset(ds: Dataset, images: list[dict], detect: Callable[[d
                                 f"the record says {im['width']}x{im['height']}")
         boxes = masks_in_boxes_for(im) if any(_box_label(a) for a in anns) else None
         stats: dict = {}
-        made = pseudo_instances(anns, det, masks_in_boxes=boxes, rank=rank, score_thr=score_thr, stats=stats)
+        made = image_pseudo_labels(anns, det, masks_in_boxes=boxes, rank=rank, score_thr=score_thr, stats=stats)
         if anns and not made:
             # labelled as holding objects, but nothing found: left out, or training would take it
             # for background
             summary["unlabelled_images"] += 1
         else:
             kept_images.append(im)
-        for a in made:
-            a = {"id": len(annotations) + 1, **a}
-            annotations.append(a)
-            summary["by_source"][a["wsis"]["source"]] += 1
-        summary["short_of_count"] += stats.get("short_of_count", 0)
+        for r in made:
+            area = _area(r.fields, im) if r.method == "kept" and "area" not in r.fields else r.area
+            rows.append(replace(r, id=len(rows) + 1, area=area))
+            summary["by_source"][_source(r)] += 1
+        for k in ("short_of_count", "il_empty", "empty_masks"):
+            summary[k] += stats.get(k, 0)
         summary["images_short"] += stats.get("short_of_count", 0) > 0
-        summary["il_empty"] += stats.get("il_empty", 0)
-        summary["empty_masks"] += stats.get("empty_masks", 0)
         if progress:
             progress(n, len(images))
-    summary["instances"] = len(annotations)
-    info = {**ds.info, "wsis": provenance("pseudolabel net", {"rank": rank, "score_thr": score_thr, **(options or {})})}
-    out = replace(ds, images=kept_images, annotations=annotations, info=info)
-    fill_areas(out)  # full annotations that came without one
-    return out, summary
+    summary["instances"] = len(rows)
+    prov = provenance("pseudolabel net", {"rank": rank, "score_thr": score_thr, **(options or {})})
+    return PseudoLabels.from_instances(rows, source=ds, images=kept_images, summary=summary, provenance=prov)
+
+
+def summary_line(summary: dict, images: int) -> str:
+    """One line for people: instances by source, short images, labelled images left out."""
+    by = ", ".join(f"{k} {v}" for k, v in summary.get("by_source", {}).items() if v)
+    line = f"{summary.get('instances')} instances in {images} images ({by})"
+    if summary.get("images_short"):
+        line += f"; {summary['images_short']} images with fewer detections than their counts"
+    if summary.get("unlabelled_images"):
+        line += (f"; {summary['unlabelled_images']} labelled images left out (nothing found in them, and training "
+                 "would take them for background)")
+    return line

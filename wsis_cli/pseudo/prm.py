@@ -33,9 +33,15 @@ import torch
 import torch.nn.functional as F
 
 from wsis_cli.coco import labels_of
+from wsis_cli.pseudo.grabcut import grabcut_trimap
+from wsis_cli.pseudo.labels import Instance, PseudoLabels
 from wsis_cli.pseudo.peaks import find_peaks, subpixel
 
-__all__ = ["PRMConfig", "REFINES", "image_instances", "peak_response_maps", "prm_mask"]
+__all__ = ["PRMConfig", "REFINES", "image_instances", "peak_response_maps", "prm_mask", "pseudolabel_prm",
+           "summary_line"]
+
+# the record: new fields in this order (bbox after the mask, the peak as "point")
+LAYOUT = ("id", "image_id", "category_id", "segmentation", "area", "bbox", "iscrowd", "score", "point", "wsis")
 
 REFINES = ("grabcut", "none")
 
@@ -145,14 +151,8 @@ def prm_mask(rgb: np.ndarray, prm: np.ndarray, point_xy: tuple[float, float], cf
         seeds[:, -1] = cv2.GC_BGD
     if not (seeds == cv2.GC_PR_BGD).any() and not (seeds == cv2.GC_BGD).any():
         return region  # nothing to tell the object from
-    cv2.setRNGSeed(int(seed))
-    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    try:
-        cv2.grabCut(crop, seeds, None, bgd, fgd, cfg.grabcut_iters, cv2.GC_INIT_WITH_MASK)
-    except cv2.error:
-        return region
-    fg = (seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)
-    if not fg.any():
+    fg = grabcut_trimap(crop, seeds, iters=cfg.grabcut_iters, seed=seed)
+    if fg is None or not fg.any():
         return region
     full = np.zeros((h, w), dtype=bool)
     full[y1:y2, x1:x2] = fg
@@ -177,7 +177,7 @@ def image_instances(model, rgb: np.ndarray, labels: dict[int, int | None], confi
     """
     import cv2
 
-    from wsis_cli.engine.classifier import image_tensor
+    from wsis_cli.models.classifier import image_tensor
 
     h, w = rgb.shape[:2]
     size = int(config["size"])
@@ -231,51 +231,91 @@ def image_instances(model, rgb: np.ndarray, labels: dict[int, int | None], confi
     return found, maps, map_ids
 
 
-def pseudolabel_prm(ds, images: list[dict], images_dir, model, config: dict, cfg: PRMConfig, *,
-                    device: torch.device, save_maps=None, progress=None, warn=None):
-    """Run :func:`image_instances` over ``images`` of ``ds``; returns ``(annotations, summary)``.
-    ``save_maps``: a folder for the class score maps (``<stem>.npz``)."""
-    from wsis_cli.boxes import mask_to_box, xyxy_to_xywh
-    from wsis_cli.coco import mask_to_rle
-    from wsis_cli.images import image_path, read_image
-    from wsis_cli.pseudo.scoremaps import map_path, write_score_maps
+def pseudolabel_prm(ds, *, images_dir, model, cfg: PRMConfig, device: str | torch.device = "auto",
+                    shard: str | None = None, save_maps=None, progress=None, warn=None) -> PseudoLabels:
+    """One instance per class peak in each of ``ds``'s images (slice ``shard`` = ``"K/N"``, or all).
 
+    Args:
+        ds: a dataset of image-level labels (:func:`wsis_cli.coco.labels_of`).
+        images_dir: the folder its ``file_name`` entries are relative to.
+        model: a classifier checkpoint from ``wsis train classifier``.
+        cfg: the PRM options; ``cfg.seed`` seeds torch (after the model is loaded) and GrabCut.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (or a torch.device).
+        save_maps: a folder for the class score maps (``<stem>.npz``), or None.
+    Returns:
+        The instances (ids 1..N; box from the mask, ``score``, the peak as ``point`` and
+        ``"wsis": {"peak"}``), instances left empty by stronger ones dropped.
+    """
+    from wsis_cli.coco import provenance
+    from wsis_cli.engine.train_classifier import load_classifier
+    from wsis_cli.engine.device import resolve_device
+    from wsis_cli.jobs import parse_shard, shard_images
+
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    net, config = load_classifier(model, device=dev)
+    images = shard_images(ds.images, parse_shard(shard))
+    torch.manual_seed(cfg.seed)
     known = set(int(c) for c in config["category_ids"])
     missing = sorted({a["category_id"] for a in ds.annotations} - known)
     if missing and warn:
         names = [ds.category_by_id[c].get("name", c) for c in missing]
         warn(f"the model was not trained on categories {missing} ({', '.join(map(str, names))}): no instances for them")
-    anns: list[dict] = []
+    rows: list[Instance] = []
     summary = {"images": len(images), "instances": 0, "empty_masks": 0,  # dropped
-                "short_of_count": 0}
+               "short_of_count": 0}
     for n, im in enumerate(images, 1):
-        labels = labels_of(ds.anns_by_image[im["id"]])
-        rgb = read_image(image_path(images_dir, im, dataset=ds.path))
-        if rgb.shape[:2] != (im["height"], im["width"]):
-            from wsis_cli.errors import InputError
-
-            raise InputError(ds.path, f"the image file is {rgb.shape[1]}x{rgb.shape[0]} px, the record says "
-                                      f"{im['width']}x{im['height']}", f"image {im['id']}")
-        found, maps, map_ids = image_instances(model, rgb, labels, config, cfg, device=device,
-                                               with_maps=save_maps is not None)
-        for cid, count in labels.items():
-            got = sum(1 for f in found if f["category_id"] == cid)
-            if count is not None and cid in known and got < count:
-                summary["short_of_count"] += count - got
-        for inst in found:
-            mask = inst["mask"]
-            if not mask.any():  # its pixels all went to stronger instances: nothing to train on
-                summary["empty_masks"] += 1
-                continue
-            box = xyxy_to_xywh(mask_to_box(mask)[None])[0]
-            anns.append({"id": len(anns) + 1, "image_id": im["id"], "category_id": inst["category_id"],
-                         "segmentation": mask_to_rle(mask), "area": float(mask.sum()),
-                         "bbox": [float(v) for v in box], "iscrowd": 0, "score": round(inst["score"], 6),
-                         "point": [round(v, 2) for v in inst["point"]],
-                         "wsis": {"method": "prm", "peak": round(inst["peak"], 6)}})
-        if save_maps is not None:
-            write_score_maps(map_path(save_maps, im), maps if maps is not None else np.zeros((0, 1, 1)), map_ids)
+        rows.extend(_image_rows(ds, im, images_dir, net, config, cfg, dev, save_maps, summary, first_id=len(rows) + 1))
         if progress:
             progress(n, len(images))
-    summary["instances"] = len(anns)
-    return anns, summary
+    summary["instances"] = len(rows)
+    options = {"labels": ds.path, "images": str(images_dir), "model": str(model),
+               "save_maps": str(save_maps) if save_maps else None, "shard": shard, **cfg.to_dict()}
+    prov = {**provenance("pseudolabel prm", options, cfg.seed), "summary": summary}
+    return PseudoLabels.from_instances(rows, source=ds, images=images, summary=summary, provenance=prov,
+                                       bbox_decimals=None, layout=LAYOUT)
+
+
+def _image_rows(ds, im: dict, images_dir, net, config: dict, cfg: PRMConfig, device, save_maps, summary: dict, *,
+                first_id: int) -> list[Instance]:
+    """The instances of one image (ids from ``first_id``); counts into ``summary``; its maps saved."""
+    from wsis_cli.boxes import mask_to_box
+    from wsis_cli.images import image_path, read_image
+    from wsis_cli.pseudo.scoremaps import map_path, write_score_maps
+
+    labels = labels_of(ds.anns_by_image[im["id"]])
+    rgb = read_image(image_path(images_dir, im, dataset=ds.path))
+    if rgb.shape[:2] != (im["height"], im["width"]):
+        from wsis_cli.errors import InputError
+
+        raise InputError(ds.path, f"the image file is {rgb.shape[1]}x{rgb.shape[0]} px, the record says "
+                                  f"{im['width']}x{im['height']}", f"image {im['id']}")
+    found, maps, map_ids = image_instances(net, rgb, labels, config, cfg, device=device,
+                                           with_maps=save_maps is not None)
+    known = set(int(c) for c in config["category_ids"])
+    for cid, count in labels.items():
+        got = sum(1 for f in found if f["category_id"] == cid)
+        if count is not None and cid in known and got < count:
+            summary["short_of_count"] += count - got
+    rows = []
+    for inst in found:
+        mask = inst["mask"]
+        if not mask.any():  # its pixels all went to stronger instances: nothing to train on
+            summary["empty_masks"] += 1
+            continue
+        rows.append(Instance.from_mask(mask, id=first_id + len(rows), image_id=im["id"],
+                                       category_id=inst["category_id"], box=mask_to_box(mask), score=inst["score"],
+                                       method="prm", wsis={"peak": round(inst["peak"], 6)},
+                                       fields={"iscrowd": 0, "point": [round(v, 2) for v in inst["point"]]}))
+    if save_maps is not None:
+        write_score_maps(map_path(save_maps, im), maps if maps is not None else np.zeros((0, 1, 1)), map_ids)
+    return rows
+
+
+def summary_line(summary: dict) -> str:
+    """One line for people: instances, and counted instances without a peak."""
+    parts = [f"{summary['instances']} instances in {summary['images']} images"]
+    if summary["short_of_count"]:
+        parts.append(f"{summary['short_of_count']} counted instances had no peak")
+    if summary["empty_masks"]:
+        parts.append(f"{summary['empty_masks']} peaks dropped (empty mask)")
+    return "; ".join(parts)

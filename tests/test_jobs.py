@@ -1,0 +1,120 @@
+"""Shards, resume logs and the life of a resumable run (wsis_cli.jobs)."""
+
+from pathlib import Path
+
+import pytest
+
+from wsis_cli.errors import WsisError
+from wsis_cli.jobs import (Job, OptionError, ResumeLog, fingerprint, parse_shard, resume_log_path, run_images, run_job,
+                           shard_images)
+
+
+def test_parse_shard_and_shard_images():
+    assert parse_shard(None) is None and parse_shard("2/3") == (2, 3)
+    for bad in ("4/3", "a/b", "0/2", "1"):
+        with pytest.raises(WsisError, match="--shard"):
+            parse_shard(bad)
+    images = [{"id": i} for i in (50, 3, 77, 12, 5)]
+    assert shard_images(images, None) == images
+    parts = [shard_images(images, (k, 2)) for k in (1, 2)]
+    # ids ranked 3 5 12 50 77: slice 1 takes ranks 0, 2, 4, each slice keeps the dataset's order
+    assert [im["id"] for im in parts[0]] == [3, 77, 12] and [im["id"] for im in parts[1]] == [50, 5]
+    assert shard_images([], (1, 2)) == []
+
+
+def test_resume_refuses_another_runs_file(tmp_path):
+    log = ResumeLog(tmp_path / "x.resume.jsonl", fingerprint("v", {"a": 1}, []), resume=False)
+    log.append(1, {"ok": True})
+    log.close(remove=False)
+    for torn in ('{"image_id": 2, "resu', '{"image_id": 2, "result": {"ok": true}}'):  # killed mid-line
+        with open(tmp_path / "x.resume.jsonl", "a") as fh:
+            fh.write(torn)
+        again = ResumeLog(tmp_path / "x.resume.jsonl", fingerprint("v", {"a": 1}, []), resume=True)
+        assert again.done == {1: {"ok": True}}
+        again.append(3, {"ok": False})
+        again.close(remove=False)
+        text = (tmp_path / "x.resume.jsonl").read_text()
+        assert "\x00" not in text and text.endswith('{"image_id": 3, "result": {"ok": false}}\n')
+        lines = text.splitlines()
+        assert len(lines) == 3  # header, image 1, image 3: the torn line is gone
+        (tmp_path / "x.resume.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    from wsis_cli.errors import WsisError
+
+    with pytest.raises(WsisError, match="belongs to another run"):
+        ResumeLog(tmp_path / "x.resume.jsonl", fingerprint("v", {"a": 2}, []), resume=True)
+
+
+def test_resume_log_path(tmp_path):
+    assert resume_log_path("-") is None and resume_log_path("/dev/null") is None
+    assert resume_log_path(str(tmp_path / "o.json")) == Path(f"{tmp_path / 'o.json'}.resume.jsonl")
+    with pytest.raises(OptionError, match="is a folder") as e:
+        resume_log_path(str(tmp_path))
+    assert e.value.option == "--out"
+    for out in ("-", "/dev/null"):
+        with pytest.raises(OptionError, match="give --out FILE") as e:
+            resume_log_path(out, resume=True)
+        assert e.value.option == "--resume"
+    Path(f"{tmp_path / 'o.json'}.resume.jsonl").write_text('{"run": "x"}\n')
+    with pytest.raises(WsisError, match="holds an interrupted run: add --resume"):
+        resume_log_path(str(tmp_path / "o.json"))
+    assert resume_log_path(str(tmp_path / "o.json"), resume=True) is not None
+
+
+def square(x):
+    return x * x
+
+
+def counting_job(fail_at=None, error=KeyboardInterrupt):
+    def run(log):
+        def fn(x):
+            if x == fail_at:
+                raise error("stopped") if error is WsisError else error
+            return square(x)
+
+        return run_images(fn, [(i, i) for i in range(1, 6)], log=log)
+
+    return Job(verb="v", options={"a": 1}, payload=[1, 2, 3, 4, 5], total=5, run=run)
+
+
+def test_run_job_writes_and_removes_its_log(tmp_path):
+    out = tmp_path / "o.json"
+    written, notes = [], []
+    result = run_job(counting_job(), out=str(out), resume=False, write=written.append, note=notes.append)
+    assert result == {1: 1, 2: 4, 3: 9, 4: 16, 5: 25} and written == [result] and notes == []
+    assert not Path(f"{out}.resume.jsonl").exists()
+    assert run_job(counting_job(), out="-", resume=False, write=written.append) == result  # no log for stdout
+
+
+def test_run_job_keeps_finished_images_and_resumes(tmp_path):
+    out = tmp_path / "o.json"
+    side = Path(f"{out}.resume.jsonl")
+    notes = []
+    with pytest.raises(KeyboardInterrupt):
+        run_job(counting_job(fail_at=4), out=str(out), resume=False, write=lambda r: None, note=notes.append)
+    assert notes == [f"3 finished images are kept in {side}: rerun with --resume to continue"]
+    assert len(side.read_text().splitlines()) == 1 + 3
+    with pytest.raises(WsisError, match="holds an interrupted run"):
+        run_job(counting_job(), out=str(out), resume=False, write=lambda r: None)
+    # a WsisError stays one line, with where the work is kept
+    with pytest.raises(WsisError, match=r"^stopped \(4 finished images are kept in .*: rerun with --resume"):
+        run_job(counting_job(fail_at=5, error=WsisError), out=str(out), resume=True, write=lambda r: None)
+    notes.clear()
+    written = []
+    result = run_job(counting_job(), out=str(out), resume=True, write=written.append, note=notes.append)
+    assert result == {1: 1, 2: 4, 3: 9, 4: 16, 5: 25} and notes == ["resuming: 4 of 5 images already done"]
+    assert not side.exists()
+
+
+def test_run_job_removes_an_empty_log_and_keeps_it_when_the_write_fails(tmp_path):
+    out = tmp_path / "o.json"
+    side = Path(f"{out}.resume.jsonl")
+    with pytest.raises(KeyboardInterrupt):
+        run_job(counting_job(fail_at=1), out=str(out), resume=False, write=lambda r: None)
+    assert not side.exists()  # nothing finished: nothing to keep
+
+    def cannot_write(result):
+        raise WsisError(f"{out}: cannot write")
+
+    with pytest.raises(WsisError, match="cannot write \\(5 finished images are kept"):
+        run_job(counting_job(), out=str(out), resume=False, write=cannot_write)
+    assert len(side.read_text().splitlines()) == 1 + 5

@@ -1,0 +1,129 @@
+"""CCGR over a dataset (``pseudolabel ccgr``): every box annotation refined on its image's class
+score map (:mod:`wsis_cli.pseudo.scoremaps`), then cut into a mask.
+
+Images are taken in chunks of at most ``cfg.chunk_pixels`` plane pixels; all boxes of a chunk
+are optimised together (:func:`wsis_cli.pseudo.ccgr.refine_boxes`). Each annotation keeps its
+fields and gets the refined ``bbox``, a mask (plane > ``mask_thr`` inside the box), its ``area``
+and ``"wsis": {..., "method": "ccgr", "box_before": [x, y, w, h]}``; crowd regions are passed
+through as they are, after the refined boxes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from wsis_cli.boxes import box_iou, xywh_to_xyxy
+from wsis_cli.coco import Dataset, ann_record, provenance
+from wsis_cli.errors import InputError
+from wsis_cli.pseudo.ccgr import CCGRConfig, crop_masks, refine_boxes, stop_points
+from wsis_cli.pseudo.labels import Instance, PseudoLabels, coco_bbox
+from wsis_cli.pseudo.scoremaps import map_path, read_score_maps
+
+__all__ = ["pseudolabel_ccgr", "summary_line"]
+
+BBOX_DECIMALS = 2
+LAYOUT = ("bbox", "segmentation", "area", "wsis")  # the box record's own fields stay in place
+
+
+def _boxed(ds: Dataset) -> list[tuple[dict, list[dict]]]:
+    """``(image, its non-crowd annotations)`` for the images that have any, each checked."""
+    todo = []
+    for im in ds.images:
+        anns = [a for a in ds.anns_by_image[im["id"]] if not a.get("iscrowd")]
+        for a in anns:
+            if a.get("bbox") is None:
+                raise InputError(ds.path, "has no bbox to refine", ann_record(a))
+            p = a.get("point")
+            if p is not None and not (isinstance(p, list) and len(p) == 2
+                                      and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)):
+                raise InputError(ds.path, f"'point' must be [x, y], got {p!r}", ann_record(a))
+        if anns:
+            todo.append((im, anns))
+    return todo
+
+
+def _chunk(ds: Dataset, todo: list, start: int, maps_dir, cfg: CCGRConfig):
+    """The images ``todo[start:stop]`` whose planes fit ``cfg.chunk_pixels`` (one at least): returns
+    ``(stop, planes, rows)``, ``rows`` = ``(annotation, its plane's index)``."""
+    planes: list[np.ndarray] = []
+    plane_of: dict[tuple[int, int], int] = {}
+    rows: list[tuple[dict, int]] = []
+    pixels = 0
+    i = start
+    while i < len(todo) and (not rows or pixels + todo[i][0]["height"] * todo[i][0]["width"] <= cfg.chunk_pixels):
+        im, anns = todo[i]
+        path = map_path(maps_dir, im)
+        record = f"image {im['id']} ({im['file_name']})"
+        maps = read_score_maps(path, height=im["height"], width=im["width"], record=record)
+        for a in anns:
+            key = (im["id"], a["category_id"])
+            if key not in plane_of:
+                if a["category_id"] not in maps:
+                    raise InputError(str(path), f"has no plane for category {a['category_id']}, needed by "
+                                                f"{ann_record(a)} of {ds.path}", record)
+                plane_of[key] = len(planes)
+                planes.append(maps[a["category_id"]])
+                pixels += im["height"] * im["width"]
+            rows.append((a, plane_of[key]))
+        i += 1
+    return i, planes, rows
+
+
+def pseudolabel_ccgr(ds: Dataset, *, maps_dir: str | Path, cfg: CCGRConfig, seed: int = 0,
+                     progress: Callable[[int, int], None] | None = None) -> PseudoLabels:
+    """Refine every box annotation of ``ds`` on the score maps in ``maps_dir`` (see the module
+    docstring); ``seed`` seeds torch first."""
+    import torch
+
+    torch.manual_seed(seed)
+    todo = _boxed(ds)
+    out: list[Instance] = []
+    summary = {"boxes": 0, "with_point": 0, "empty_masks": 0, "mean_box_iou_moved": None}
+    moved: list[float] = []
+    total = sum(len(a) for _, a in todo)
+    i = 0
+    while i < len(todo):
+        i, planes, rows = _chunk(ds, todo, i, maps_dir, cfg)
+        boxes = xywh_to_xyxy(np.array([a["bbox"] for a, _ in rows], dtype=np.float64).reshape(-1, 4))
+        pidx = np.array([p for _, p in rows], dtype=np.int64)
+        points = np.array([a["point"] if a.get("point") is not None else (np.nan, np.nan) for a, _ in rows],
+                          dtype=np.float64).reshape(-1, 2)
+        refined = refine_boxes(planes, pidx, boxes, cfg, points=points, others=stop_points(points, boxes, pidx,
+                                                                                             cfg.stop))
+        moved.extend(float(box_iou(b[None], r[None])[0, 0]) for b, r in zip(boxes, refined))
+        for (a, p), before, after in zip(rows, boxes, refined):
+            mask = crop_masks(planes[p], after[None], cfg.mask_thr)[0]
+            summary["empty_masks"] += int(not mask.any())
+            out.append(Instance.from_mask(mask, id=a["id"], image_id=a["image_id"], category_id=a["category_id"],
+                                          box=after, method="ccgr", fields=dict(a),
+                                          wsis={"box_before": coco_bbox(before, BBOX_DECIMALS)}))
+        summary["with_point"] += int((~np.isnan(points).any(axis=1)).sum())
+        if progress:
+            progress(len(out), total)
+    summary["boxes"] = len(out)
+    out.extend(_kept(a) for a in ds.annotations if a.get("iscrowd"))  # passed through as they are
+    summary["mean_box_iou_moved"] = round(float(np.mean(moved)), 4) if moved else None
+    options = {"boxes": ds.path, "maps": str(maps_dir), **cfg.to_dict()}
+    prov = {**provenance("pseudolabel ccgr", options, seed), "summary": summary}
+    return PseudoLabels.from_instances(out, source=ds, images=ds.images, summary=summary, provenance=prov,
+                                       bbox_decimals=BBOX_DECIMALS, layout=LAYOUT)
+
+
+def _kept(a: dict) -> Instance:
+    """A crowd region, written as it is (its box, when it has one, kept for the core)."""
+    box = xywh_to_xyxy(a["bbox"])[0] if a.get("bbox") is not None else None
+    return Instance(id=a["id"], image_id=a["image_id"], category_id=a["category_id"], box=box, area=a.get("area"),
+                    method="kept", fields=a)
+
+
+def summary_line(summary: dict) -> str:
+    """One line for people: boxes refined, with a point, how far they moved, empty masks."""
+    msg = f"{summary['boxes']} boxes refined ({summary['with_point']} with a point)"
+    if summary["mean_box_iou_moved"] is not None:
+        msg += f"; mean IoU of each box with its start {summary['mean_box_iou_moved']:.2f}"
+    if summary["empty_masks"]:
+        msg += f"; {summary['empty_masks']} masks empty (no score above --mask-thr in the box)"
+    return msg

@@ -1,0 +1,178 @@
+"""GrabCut over a dataset (``pseudolabel grabcut``): box labels -> an instance mask on every box.
+
+Each annotation gets a compressed-RLE ``segmentation``, its ``area`` and a record of how the
+mask was made: ``"wsis": {"method": "grabcut"|"ellipse"|"box"|"none", "valid": bool,
+"box_iou": float}``. Within an image, pixels claimed by two instances go to the smaller one,
+so instance masks never overlap.
+
+Degenerate boxes never stop a run: boxes partly outside the image are clipped (a warning names
+each), boxes with no area inside the image are skipped (a warning names each; they are left out
+of the output), boxes too thin for GrabCut get the fallback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from wsis_cli.boxes import SMALL_AREA, xywh_to_xyxy
+from wsis_cli.coco import Dataset, ann_record, mask_to_rle, provenance
+from wsis_cli.errors import InputError
+from wsis_cli.images import image_path
+from wsis_cli.jobs import Job, ResumeLog, parse_shard, run_images, shard_images
+from wsis_cli.pseudo.grabcut import GrabCutConfig, box_seed, resolve_overlaps, segment_boxes
+from wsis_cli.pseudo.labels import Instance, PseudoLabels, coco_bbox
+
+__all__ = ["BoxJob", "prepare_boxes", "grabcut_image", "pseudolabel_grabcut", "grabcut_job", "summary_line"]
+
+VERB = "pseudolabel grabcut"
+BBOX_DECIMALS = 4
+LAYOUT = ("bbox", "segmentation", "area", "wsis")  # the box record's own fields stay in place
+
+
+@dataclass
+class BoxJob:
+    """One image's work: where it is, its expected size, and its usable boxes."""
+
+    image_id: int
+    path: str
+    height: int
+    width: int
+    ann_ids: list[int]
+    boxes: list[list[float]]  # x1, y1, x2, y2, clipped to the image
+    config: dict
+
+
+def prepare_boxes(ds: Dataset, images: list[dict], images_dir: str | Path, cfg: GrabCutConfig,
+                  warn: Callable[[str], None]) -> tuple[list[BoxJob], set[int]]:
+    """Check and clip every box of ``images``; returns the jobs and the skipped annotation ids."""
+    jobs, skipped = [], set()
+    for im in images:
+        path = image_path(images_dir, im, dataset=ds.path if ds.anns_by_image[im["id"]] else None)
+        h, w = im["height"], im["width"]
+        ids, boxes = [], []
+        for a in ds.anns_by_image[im["id"]]:
+            if a.get("bbox") is None:
+                raise InputError(ds.path, "has no bbox; grabcut needs box labels", ann_record(a))
+            box = xywh_to_xyxy(a["bbox"])[0]
+            clipped = np.clip(box, 0, [w, h, w, h])
+            if clipped[2] - clipped[0] <= 0 or clipped[3] - clipped[1] <= 0:
+                warn(f"{ds.path}: {ann_record(a)}: box {a['bbox']} has no area inside the {w}x{h} image; skipped")
+                skipped.add(a["id"])
+                continue
+            if not np.allclose(clipped, box):
+                warn(f"{ds.path}: {ann_record(a)}: box {a['bbox']} extends outside the {w}x{h} image; clipped")
+            ids.append(a["id"])
+            boxes.append(clipped.tolist())
+        jobs.append(BoxJob(im["id"], str(path), h, w, ids, boxes, cfg.to_dict()))
+    return jobs, skipped
+
+
+def grabcut_image(job: BoxJob) -> dict:
+    """Masks of one image's boxes: ``{"anns": {ann_id: {segmentation, area, wsis}}}`` (JSON-ready)."""
+    from wsis_cli.images import read_image
+
+    if not job.boxes:
+        return {"anns": {}}
+    cfg = GrabCutConfig(**job.config)
+    img = read_image(job.path)
+    if img.shape[:2] != (job.height, job.width):
+        raise InputError(job.path, f"is {img.shape[1]}x{img.shape[0]} but image {job.image_id} of the dataset "
+                                   f"says {job.width}x{job.height}")
+    boxes = np.asarray(job.boxes, dtype=np.float64)
+    results = segment_boxes(img, boxes, [box_seed(cfg.seed, i) for i in job.ann_ids], cfg)
+    results = resolve_overlaps(results, job.ann_ids, job.height, job.width)
+    out = {}
+    for ann_id, r in zip(job.ann_ids, results):  # one full-size mask at a time
+        m = r.full(job.height, job.width)
+        if m is None:
+            m = np.zeros((job.height, job.width), dtype=bool)
+        out[str(ann_id)] = {"segmentation": mask_to_rle(m), "area": float(m.sum()),
+                            "wsis": {"method": r.method, "valid": r.valid, "box_iou": round(r.box_iou, 6)}}
+    return {"anns": out}
+
+
+def _summary() -> dict:
+    """What happened to the boxes, split at 64×64 px of box area."""
+    return {"masks": 0, "skipped": 0, "empty": 0,
+            "by_size": {s: {"boxes": 0, "invalid": 0} for s in ("small", "large")}, "methods": {}}
+
+
+def pseudolabel_grabcut(ds: Dataset, *, images_dir: str | Path, cfg: GrabCutConfig, shard: str | None = None,
+                        workers: int = 1, log: ResumeLog | None = None,
+                        progress: Callable[[int, int], None] | None = None,
+                        warn: Callable[[str], None] = lambda m: None) -> PseudoLabels:
+    """Masks for the boxes of ``ds``'s images (slice ``shard`` = ``"K/N"`` of them, or all).
+
+    Every kept box gets a row (its annotation's id and fields, the box clipped to the image, the
+    mask, ``method`` and ``valid``, ``"wsis": {"box_iou"}``); boxes with no area in the image are
+    left out. ``log``: finished images of an earlier run (:class:`~wsis_cli.jobs.ResumeLog`)."""
+    images = shard_images(ds.images, parse_shard(shard))
+    jobs, skipped = prepare_boxes(ds, images, images_dir, cfg, warn)
+    results = run_images(grabcut_image, [(j.image_id, j) for j in jobs], workers=workers, log=log,
+                         progress=progress, total=len(jobs))
+    summary = _summary()
+    summary["skipped"] = len(skipped)
+    keep = {im["id"] for im in images}
+    clipped = {i: b for j in jobs for i, b in zip(j.ann_ids, j.boxes)}
+    rows = []
+    for a in ds.annotations:
+        if a["image_id"] not in keep or a["id"] in skipped:
+            continue
+        made = results[a["image_id"]]["anns"][str(a["id"])]
+        wsis = dict(made["wsis"])
+        method = wsis.pop("method")
+        fields = {k: v for k, v in a.items() if k not in ("segmentation", "area", "wsis")}  # made anew, at the end
+        rows.append(Instance(id=a["id"], image_id=a["image_id"], category_id=a["category_id"], box=clipped[a["id"]],
+                             mask=made["segmentation"], area=made["area"], method=method, valid=wsis["valid"],
+                             wsis=wsis, fields=fields))
+        if made["area"] == 0:
+            warn(f"{ds.path}: {ann_record(a)}: its mask lost every pixel to smaller overlapping instances "
+                 "(a duplicate box?); left empty and not valid")
+        _, _, w, h = coco_bbox(clipped[a["id"]], BBOX_DECIMALS)
+        size = "small" if w * h < SMALL_AREA else "large"
+        summary["masks"] += 1
+        summary["empty"] += made["area"] == 0
+        summary["by_size"][size]["boxes"] += 1
+        summary["by_size"][size]["invalid"] += not wsis["valid"]
+        summary["methods"][method] = summary["methods"].get(method, 0) + 1
+    provenance_ = provenance(VERB, _options(ds, images_dir, cfg, shard), cfg.seed)
+    provenance_["summary"] = summary
+    return PseudoLabels.from_instances(rows, source=ds, images=images, summary=summary, provenance=provenance_,
+                                       bbox_decimals=BBOX_DECIMALS, layout=LAYOUT)
+
+
+def _options(ds: Dataset, images_dir, cfg: GrabCutConfig, shard: str | None) -> dict:
+    return {"boxes": ds.path, "images": str(images_dir), "shard": shard, **cfg.to_dict()}
+
+
+def grabcut_job(ds: Dataset, *, images_dir: str | Path, cfg: GrabCutConfig, shard: str | None = None,
+                workers: int = 1, progress: Callable[[int, int], None] | None = None,
+                warn: Callable[[str], None] = lambda m: None) -> Job[PseudoLabels]:
+    """:func:`pseudolabel_grabcut` as a resumable :class:`~wsis_cli.jobs.Job` (for
+    :func:`~wsis_cli.jobs.run_job`): fingerprinted by its options (not the dataset's file name)
+    and the images and annotations it covers."""
+    images = shard_images(ds.images, parse_shard(shard))
+    options = {k: v for k, v in _options(ds, images_dir, cfg, shard).items() if k != "boxes"}
+    payload = [images, [a for im in images for a in ds.anns_by_image[im["id"]]]]
+    return Job(verb=VERB, options=options, payload=payload, total=len(images),
+               run=lambda log: pseudolabel_grabcut(ds, images_dir=images_dir, cfg=cfg, shard=shard, workers=workers,
+                                                   log=log, progress=progress, warn=warn))
+
+
+def summary_line(summary: dict) -> str:
+    """One line for people: masks, invalid ones by box size, methods, skipped and empty."""
+    parts = [f"{summary['masks']} masks"]
+    for size, label in (("small", "small boxes (< 64x64 px)"), ("large", "large boxes")):
+        b = summary["by_size"][size]
+        if b["boxes"]:
+            parts.append(f"{label}: {b['invalid']}/{b['boxes']} invalid ({100 * b['invalid'] / b['boxes']:.0f}%)")
+    parts.append("methods: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["methods"].items())))
+    if summary["skipped"]:
+        parts.append(f"{summary['skipped']} boxes skipped (no area)")
+    if summary["empty"]:
+        parts.append(f"{summary['empty']} masks empty")
+    return "; ".join(parts)
