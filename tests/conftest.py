@@ -91,34 +91,69 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-# The tiny Mask R-CNN that several test modules share: trained once per session through the CLI
-# on a few synthetic images until it fits them (tests/engine/test_overfit.py holds it to that).
-DETECTOR_TRAIN = ["--backbone", "resnet18", "--weights", "none", "--epochs", "80", "--batch-size", "4",
-                  "--lr", "0.03", "--warmup-iters", "10", "--min-size", "128", "--max-size", "128",
-                  "--fpn-channels", "64", "--head-channels", "256", "--no-scale-jitter", "--keep-epochs", "0",
-                  "--iou-head", "--iou-epochs", "20", "--iou-lr", "0.003", "--device", "cpu", "--seed", "0"]
+# The toy Mask R-CNN that the CLI tests of predict, score-iou and pseudolabel net share: trained
+# once per session through the CLI, for one epoch and one IoU epoch at toy sizes (a few seconds).
+# It is no good (its detections are near-random), so those tests check the verbs' contract only;
+# model quality is tests/engine/test_overfit.py's (marked slow), with a model fitted for longer.
+TINY = ["--backbone", "resnet18", "--weights", "none", "--fpn-channels", "16", "--head-channels", "32",
+        "--min-size", "64", "--max-size", "64", "--epochs", "1", "--batch-size", "4", "--keep-epochs", "0",
+        "--device", "cpu"]
+TOY_TRAIN = [*TINY, "--iou-head", "--iou-epochs", "1", "--seed", "0"]
 
 
-@pytest.fixture(scope="session")
-def trained_detector(tmp_path_factory) -> dict:
-    """``{"data": folder with gt.json and images/, "gt", "images", "run"}``: a tiny Mask R-CNN
-    with an IoU head, trained on the 4 images of ``data``."""
+def synth_detector_data(root: Path) -> dict:
+    """``wsis data synth`` of 4 images of 128x128 px, 2 classes (14 objects, the smallest 9x9 px):
+    ``{"data": folder, "gt": gt.json, "images": images/}``."""
+    from wsis_cli.cli.app import app
+
+    r = CliRunner().invoke(app, ["data", "synth", "--out", str(root / "data"), "--n", "4", "--size", "128",
+                                 "--classes", "2", "--seed", "2"])
+    assert r.exit_code == 0, r.output
+    return {"data": root / "data", "gt": root / "data" / "gt.json", "images": root / "data" / "images"}
+
+
+def train_detector(data: dict, run: Path, options: list[str], *, threads: int = 1) -> Path:
+    """``wsis train maskrcnn`` on ``data``'s gt.json into ``run``, with ``threads`` torch threads."""
     import torch
 
     from wsis_cli.cli.app import app
 
-    root = tmp_path_factory.mktemp("detector")
-    runner = CliRunner()
-    r = runner.invoke(app, ["data", "synth", "--out", str(root / "data"), "--n", "4", "--size", "128",
-                            "--classes", "2", "--seed", "2"])  # 14 objects, the smallest 9x9 px
-    assert r.exit_code == 0, r.output
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     try:
-        r = runner.invoke(app, ["train", "maskrcnn", str(root / "data" / "gt.json"), "--images",
-                                str(root / "data" / "images"), "--out", str(root / "run"), *DETECTOR_TRAIN])
+        r = CliRunner().invoke(app, ["train", "maskrcnn", str(data["gt"]), "--images", str(data["images"]),
+                                     "--out", str(run), *options])
     finally:
         torch.set_num_threads(before)
     assert r.exit_code == 0, r.output
-    return {"data": root / "data", "gt": root / "data" / "gt.json", "images": root / "data" / "images",
-            "run": root / "run"}
+    return run
+
+
+@pytest.fixture(scope="session")
+def toy_detector(tmp_path_factory) -> dict:
+    """``{"data": folder with gt.json and images/, "gt", "images", "run"}``: a toy Mask R-CNN with an
+    IoU head, trained for one epoch on the 4 images of ``data`` (detections exist, good ones need not)."""
+    root = tmp_path_factory.mktemp("detector")
+    data = synth_detector_data(root)
+    return {**data, "run": train_detector(data, root / "run", TOY_TRAIN)}
+
+
+@pytest.fixture(scope="session")
+def toy_box_detector(toy_detector, tmp_path_factory) -> dict:
+    """``{"box": box.json (the boxes of toy_detector's gt.json), "run"}``: a box-only run
+    (--boxes-only, the hybrid paper's small branch) trained for one toy epoch on them."""
+    from wsis_cli.cli.app import app
+
+    root = tmp_path_factory.mktemp("box_detector")
+    r = CliRunner().invoke(app, ["data", "weaken", str(toy_detector["gt"]), "--to", "box", "--out",
+                                 str(root / "box.json")])
+    assert r.exit_code == 0, r.output
+    run = train_detector({"gt": root / "box.json", "images": toy_detector["images"]}, root / "run",
+                         [*TINY, "--boxes-only"])
+    return {"box": root / "box.json", "run": run}
+
+
+@pytest.fixture(scope="session")
+def toy_detector_without_iou_head(toy_detector, tmp_path_factory) -> Path:
+    """The run folder of a toy Mask R-CNN without an IoU head, trained like ``toy_detector``'s."""
+    return train_detector(toy_detector, tmp_path_factory.mktemp("no_iou") / "run", TINY)

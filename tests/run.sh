@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# The test command: set up .venv (see .ci/venv.sh) and run the whole suite on CPU.
-# Extra arguments go to pytest, e.g. `bash tests/run.sh -k evaluate`.
+# The test command: set up .venv (see .ci/venv.sh) and run the fast suite on CPU (a few minutes).
+# Extra arguments go to pytest, e.g. `bash tests/run.sh -k evaluate`. Tests marked `slow` (model
+# quality: tests/engine/test_overfit.py) are left out unless the arguments choose markers with -m:
+# `bash tests/run.sh -m slow` runs only them, `bash tests/run.sh -m ""` everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source .ci/venv.sh
-python -m pytest -q "$@"
+markers=(-m "not slow")
+for arg in "$@"; do
+    if [[ $arg == -m* ]]; then markers=(); fi
+done
+python -m pytest -q ${markers[@]+"${markers[@]}"} "$@"

@@ -32,8 +32,7 @@ from wsis_cli.coco import Dataset, ann_record, has_segmentation, is_id, rle_to_m
 from wsis_cli.errors import InputError, WsisError
 from wsis_cli.selection import ImageScores, parse_scores
 
-__all__ = ["INSTANCE_KEYS", "IouScores", "match_ious", "oracle_scores", "predicted_scores", "parse_iou_scores",
-           "compare_scores"]
+__all__ = ["INSTANCE_KEYS", "IouScores", "match_ious", "oracle_scores", "parse_iou_scores", "compare_scores"]
 
 INSTANCE_KEYS = ("annotation_id", "index")
 DECIMALS = 6
@@ -208,40 +207,3 @@ def compare_scores(predicted: IouScores, oracle: IouScores) -> dict:
         "n_instances": len(diffs),
         "mae_instance": mae(np.asarray(diffs, dtype=np.float64)),
     }
-
-
-def predicted_scores(predictor, images_dir, *, dataset: Dataset | None = None, score_thr: float = 0.05,
-                     batch_size: int = 1, rank: str = "score", name: str = "the model",
-                     progress: Callable[[int, int], None] | None = None) -> dict:
-    """The model half of ``score-iou`` (``{"images": [...]}``, without ``info``): each instance's
-    IoU as ``predictor``'s IoU head predicts it and each image's score (their mean, the paper's
-    Eq. 2). With a dataset holding image-level labels (IL/IL+C) or boxes, the instances are those
-    ``pseudolabel net`` makes, named by the ``annotation_id`` it gives them; otherwise every
-    detection scoring at least ``score_thr``, named by its ``index`` in the results list
-    ``predict`` writes with the same options. ``name`` (the run) names the model in errors."""
-    from wsis_cli.coco import supervision_level
-    from wsis_cli.images import folder_images
-
-    if not predictor.has_iou_head:
-        raise WsisError(f"{name}: has no IoU head; train it with --iou-head to predict mask IoUs")
-    if dataset is not None and any(supervision_level(a) != "full" for a in dataset.annotations):
-        from wsis_cli.inference import net_pseudolabels
-
-        pseudo, _ = net_pseudolabels(dataset, images_dir, name, rank=rank, score_thr=score_thr, progress=progress,
-                                     predictor=predictor)
-        per_image: dict[int, list[dict]] = {im["id"]: [] for im in dataset.images}
-        for a in pseudo.annotations:
-            if a.get("iou") is not None:
-                per_image[a["image_id"]].append({"annotation_id": int(a["id"]), "iou": round(float(a["iou"]), 6)})
-    else:
-        images = dataset.images if dataset is not None else folder_images(images_dir)
-        results = predictor.predict_images(images, images_dir, dataset=dataset, score_thr=score_thr,
-                                           batch_size=batch_size, progress=progress)
-        per_image = {im["id"]: [] for im in images}
-        for index, r in enumerate(results):
-            per_image[r["image_id"]].append({"index": index, "iou": round(float(r["iou"]), 6)})
-    out = []
-    for iid, inst in per_image.items():
-        score = round(float(np.mean([r["iou"] for r in inst])), 6) if inst else None
-        out.append({"image_id": int(iid), "score": score, "instances": inst})
-    return {"images": out}

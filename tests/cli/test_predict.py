@@ -1,6 +1,7 @@
-"""`wsis predict` with the session's tiny Mask R-CNN (``trained_detector``): the results list,
-`wsis evaluate` on it, folder numbering, --score-thr, determinism, the hybrid fusion with a
-box-only small branch, and the errors."""
+"""`wsis predict` with the session's toy Mask R-CNN (``toy_detector``, one epoch: its detections
+are near-random): the results list, `wsis evaluate` on it, folder numbering, --score-thr,
+determinism, the hybrid fusion with a box-only small branch, and the errors. The quality of a
+fitted model's results is tests/engine/test_overfit.py's (slow)."""
 
 import json
 import re
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write
+from conftest import TINY, write
 from wsis_cli.boxes import box_iou, xywh_to_xyxy
 from wsis_cli.cli.app import app
 from wsis_cli.coco import rle_to_mask, segm_to_rle
@@ -18,9 +19,6 @@ from wsis_cli.coco import rle_to_mask, segm_to_rle
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SMALL_AREA = 64 * 64
-TINY = ["--backbone", "resnet18", "--weights", "none", "--fpn-channels", "16", "--head-channels", "32",
-        "--min-size", "64", "--max-size", "64", "--epochs", "1", "--batch-size", "4", "--keep-epochs", "0",
-        "--device", "cpu"]
 
 
 def predict(runner, det, *args):
@@ -29,31 +27,21 @@ def predict(runner, det, *args):
 
 
 @pytest.fixture(scope="module")
-def plain(one_torch_thread, trained_detector, tmp_path_factory):
+def plain(one_torch_thread, toy_detector, tmp_path_factory):
     """``predict --dataset gt.json`` at the default --score-thr: ``{"path", "results", "stderr"}``."""
     from typer.testing import CliRunner
 
     path = tmp_path_factory.mktemp("predict") / "pred.json"
-    r = predict(CliRunner(), trained_detector, "--dataset", trained_detector["gt"], "--out", path)
+    r = predict(CliRunner(), toy_detector, "--dataset", toy_detector["gt"], "--out", path)
     assert r.exit_code == 0, r.output
     return {"path": path, "results": json.loads(path.read_text()), "stderr": r.stderr}
 
 
-@pytest.fixture(scope="module")
-def small_run(one_torch_thread, trained_detector, tmp_path_factory):
-    """A box-only run (the hybrid paper's small branch) trained for one tiny epoch on the boxes of
+@pytest.fixture
+def small_run(toy_box_detector):
+    """A box-only run (the hybrid paper's small branch) trained for one toy epoch on the boxes of
     the detector's images: it need not be good."""
-    from typer.testing import CliRunner
-
-    root = tmp_path_factory.mktemp("small")
-    runner = CliRunner()
-    r = runner.invoke(app, ["data", "weaken", str(trained_detector["gt"]), "--to", "box", "--out",
-                            str(root / "box.json")])
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["train", "maskrcnn", str(root / "box.json"), "--images", str(trained_detector["images"]),
-                            "--out", str(root / "run"), "--boxes-only", *TINY])
-    assert r.exit_code == 0, r.output
-    return root / "run"
+    return toy_box_detector["run"]
 
 
 def mask_of(result: dict, height: int = 128, width: int = 128) -> np.ndarray:
@@ -72,8 +60,8 @@ def one_line_error(r) -> str:
     return r.stderr.strip()
 
 
-def test_results_on_a_dataset_evaluate_well(runner, trained_detector, plain):
-    results, gt = plain["results"], json.loads(trained_detector["gt"].read_text())
+def test_results_on_a_dataset(runner, toy_detector, plain):
+    results, gt = plain["results"], json.loads(toy_detector["gt"].read_text())
     assert results, "no detection at all"
     order = [im["id"] for im in gt["images"]]
     assert [r["image_id"] for r in results] == sorted((r["image_id"] for r in results), key=order.index)
@@ -87,29 +75,27 @@ def test_results_on_a_dataset_evaluate_well(runner, trained_detector, plain):
     for image_id in order:  # best first within each image
         scores = [r["score"] for r in results if r["image_id"] == image_id]
         assert scores == sorted(scores, reverse=True)
-    assert f"{len(results)} detections in 4 images of {trained_detector['gt']}" in plain["stderr"]
+    assert f"{len(results)} detections in 4 images of {toy_detector['gt']}" in plain["stderr"]
 
-    r = runner.invoke(app, ["evaluate", str(trained_detector["gt"]), str(plain["path"]), "--json"])
+    r = runner.invoke(app, ["evaluate", str(toy_detector["gt"]), str(plain["path"]), "--json"])
     assert r.exit_code == 0, r.output
     got = json.loads(r.stdout)
     assert got["iou_type"] == "segm" and got["counts"]["predictions"] == len(results)
-    # the model was fitted to these images (measured: mAP@0.5 0.52; the strict bar is test_overfit's)
-    assert got["mAP"]["0.5"] >= 0.4
-    assert got["ABO"] > 0.5
+    assert 0 <= got["mAP"]["0.5"] <= 1 and 0 <= got["ABO"] <= 1  # how high: test_overfit (slow)
 
 
-def test_without_a_dataset_ids_follow_file_names(runner, trained_detector, plain, tmp_path):
-    gt = json.loads(trained_detector["gt"].read_text())
+def test_without_a_dataset_ids_follow_file_names(runner, toy_detector, plain, tmp_path):
+    gt = json.loads(toy_detector["gt"].read_text())
     folder = tmp_path / "imgs"
     folder.mkdir()
     names = {}
     for im in gt["images"]:  # the names sort in reverse id order
         names[im["id"]] = f"{chr(ord('a') + len(gt['images']) - im['id'])}.png"
-        shutil.copy(trained_detector["images"] / im["file_name"], folder / names[im["id"]])
+        shutil.copy(toy_detector["images"] / im["file_name"], folder / names[im["id"]])
     (folder / "notes.txt").write_text("not an image")
     (folder / "sub").mkdir()
-    shutil.copy(trained_detector["images"] / gt["images"][0]["file_name"], folder / "sub" / "0.png")
-    r = runner.invoke(app, ["predict", str(trained_detector["run"]), "--images", str(folder), "--device", "cpu"])
+    shutil.copy(toy_detector["images"] / gt["images"][0]["file_name"], folder / "sub" / "0.png")
+    r = runner.invoke(app, ["predict", str(toy_detector["run"]), "--images", str(folder), "--device", "cpu"])
     assert r.exit_code == 0, r.output
     results = json.loads(r.stdout)  # '-' (the default) is stdout
     assert f"{len(results)} detections in 4 images (image ids 1..4 in file-name order of {folder})" in r.stderr
@@ -120,18 +106,21 @@ def test_without_a_dataset_ids_follow_file_names(runner, trained_detector, plain
             [x for x in plain["results"] if x["image_id"] == gt_id]
 
 
-def test_score_threshold_filters(runner, trained_detector, plain, tmp_path):
+def test_score_threshold_filters(runner, toy_detector, plain, tmp_path):
+    scores = sorted(x["score"] for x in plain["results"])
+    thr = scores[len(scores) // 2]  # the median score: whatever the model, some go and some stay
+    assert scores[0] < thr
     out = tmp_path / "high.json"
-    r = predict(runner, trained_detector, "--dataset", trained_detector["gt"], "--score-thr", 0.5, "--out", out)
+    r = predict(runner, toy_detector, "--dataset", toy_detector["gt"], "--score-thr", thr, "--out", out)
     assert r.exit_code == 0, r.output
     high = json.loads(out.read_text())
-    assert high and all(x["score"] >= 0.5 for x in high)
+    assert high and all(x["score"] >= thr for x in high)
     assert len(high) < len(plain["results"])
     # a higher threshold drops the low scores and changes nothing else (the mask head runs on fewer
     # boxes, so its float sums may differ in the last bits: masks are compared by IoU)
     from pycocotools import mask as mask_utils
 
-    want = [x for x in plain["results"] if x["score"] >= 0.5]
+    want = [x for x in plain["results"] if x["score"] >= thr]
     strip = ("segmentation", "iou")
     assert [{k: v for k, v in x.items() if k not in strip} for x in high] == \
         [{k: v for k, v in x.items() if k not in strip} for x in want]
@@ -140,16 +129,16 @@ def test_score_threshold_filters(runner, trained_detector, plain, tmp_path):
         assert mask_utils.iou([x["segmentation"]], [y["segmentation"]], [0])[0, 0] > 0.98
 
 
-def test_same_inputs_same_bytes(runner, trained_detector, plain, tmp_path):
+def test_same_inputs_same_bytes(runner, toy_detector, plain, tmp_path):
     out = tmp_path / "again.json"
-    r = predict(runner, trained_detector, "--dataset", trained_detector["gt"], "--out", out)
+    r = predict(runner, toy_detector, "--dataset", toy_detector["gt"], "--out", out)
     assert r.exit_code == 0, r.output
     assert out.read_bytes() == plain["path"].read_bytes()
 
 
-def test_small_branch_fusion(runner, trained_detector, plain, small_run, tmp_path):
+def test_small_branch_fusion(runner, toy_detector, plain, small_run, tmp_path):
     out = tmp_path / "fused.json"
-    r = predict(runner, trained_detector, "--dataset", trained_detector["gt"], "--small-branch", small_run,
+    r = predict(runner, toy_detector, "--dataset", toy_detector["gt"], "--small-branch", small_run,
                 "--out", out)
     assert r.exit_code == 0, r.output
     fused = json.loads(out.read_text())
@@ -172,7 +161,8 @@ def test_small_branch_fusion(runner, trained_detector, plain, small_run, tmp_pat
     new = [x for x in fused if key(x) not in plain_keys]  # not the mask model's: the small branch's
     assert len(new) == from_small
     assert all(area(x) < SMALL_AREA + 1 for x in new)  # (+1: bbox rounding)
-    # instances at or above 64x64 come from the mask model alone, all of them
+    # instances at or above 64x64 come from the mask model alone, all of them (the toy model's
+    # detections may all be small: test_overfit holds a fitted model to this with large ones)
     large = [key(x) for x in plain["results"] if area(x) >= SMALL_AREA + 1]
     assert [key(x) for x in fused if area(x) >= SMALL_AREA + 1] == large
     # the small ones survived class-wise NMS over both branches (box IoU 0.5)
@@ -182,72 +172,72 @@ def test_small_branch_fusion(runner, trained_detector, plain, small_run, tmp_pat
         iou = box_iou(boxes, boxes)
         np.fill_diagonal(iou, 0)
         assert iou.max() <= 0.5 + 1e-3
-    r = runner.invoke(app, ["evaluate", str(trained_detector["gt"]), str(out), "--json"])
+    r = runner.invoke(app, ["evaluate", str(toy_detector["gt"]), str(out), "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["counts"]["predictions"] == len(fused)
 
 
-def test_a_box_only_run_predicts_boxes(runner, trained_detector, small_run, tmp_path):
+def test_a_box_only_run_predicts_boxes(runner, toy_detector, small_run, tmp_path):
     out = tmp_path / "boxes.json"
-    r = runner.invoke(app, ["predict", str(small_run), "--images", str(trained_detector["images"]), "--dataset",
-                            str(trained_detector["gt"]), "--device", "cpu", "--score-thr", "0.3", "--out", str(out)])
+    r = runner.invoke(app, ["predict", str(small_run), "--images", str(toy_detector["images"]), "--dataset",
+                            str(toy_detector["gt"]), "--device", "cpu", "--score-thr", "0.3", "--out", str(out)])
     assert r.exit_code == 0, r.output
     results = json.loads(out.read_text())
     assert results and all(set(x) == {"image_id", "category_id", "bbox", "score"} for x in results)
-    r = runner.invoke(app, ["evaluate", str(trained_detector["gt"]), str(out), "--json"])
+    r = runner.invoke(app, ["evaluate", str(toy_detector["gt"]), str(out), "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["iou_type"] == "bbox"
 
 
-def test_small_branch_errors(runner, trained_detector, small_run, tmp_path):
-    run = trained_detector["run"]
-    r = predict(runner, trained_detector, "--small-branch", run, "--out", tmp_path / "o.json")
+def test_small_branch_errors(runner, toy_detector, toy_box_detector, small_run, tmp_path):
+    run = toy_detector["run"]
+    r = predict(runner, toy_detector, "--small-branch", run, "--out", tmp_path / "o.json")
     assert one_line_error(r) == (f"wsis: error: {run}: the small branch must be a box-only detector "
                                  "(train maskrcnn --boxes-only)")
-    r = runner.invoke(app, ["predict", str(small_run), "--images", str(trained_detector["images"]),
+    r = runner.invoke(app, ["predict", str(small_run), "--images", str(toy_detector["images"]),
                             "--small-branch", str(small_run), "--device", "cpu", "--out", str(tmp_path / "o.json")])
     assert one_line_error(r) == (f"wsis: error: {small_run}: --small-branch fuses with a mask model, and this one "
                                  "was trained with --boxes-only")
     # a small branch of other categories
-    box = json.loads((small_run.parent / "box.json").read_text())
+    box = json.loads(toy_box_detector["box"].read_text())
     for a in box["annotations"]:
         a["category_id"] = 3 if a["category_id"] == 2 else a["category_id"]
     box["categories"] = [{"id": 1, "name": "disc"}, {"id": 3, "name": "box"}]
     write(tmp_path / "box3.json", box)
     r = runner.invoke(app, ["train", "maskrcnn", str(tmp_path / "box3.json"), "--images",
-                            str(trained_detector["images"]), "--out", str(tmp_path / "run3"), "--boxes-only", *TINY])
+                            str(toy_detector["images"]), "--out", str(tmp_path / "run3"), "--boxes-only", *TINY])
     assert r.exit_code == 0, r.output
-    r = predict(runner, trained_detector, "--small-branch", tmp_path / "run3", "--out", tmp_path / "o.json")
+    r = predict(runner, toy_detector, "--small-branch", tmp_path / "run3", "--out", tmp_path / "o.json")
     assert one_line_error(r) == (f"wsis: error: {tmp_path / 'run3'}: was trained on categories [1, 3], the mask "
                                  "model on [1, 2]; both branches need the same categories")
     assert not (tmp_path / "o.json").exists()
 
 
-def test_input_errors(runner, trained_detector, tmp_path):
-    gt = json.loads(trained_detector["gt"].read_text())
+def test_input_errors(runner, toy_detector, tmp_path):
+    gt = json.loads(toy_detector["gt"].read_text())
     gt["images"][1]["file_name"] = "gone.png"
     moved = write(tmp_path / "moved.json", gt)
     out = tmp_path / "o.json"
-    r = predict(runner, trained_detector, "--dataset", moved, "--out", out)
-    assert one_line_error(r) == (f"wsis: error: {trained_detector['images'] / 'gone.png'}: image file not found "
+    r = predict(runner, toy_detector, "--dataset", moved, "--out", out)
+    assert one_line_error(r) == (f"wsis: error: {toy_detector['images'] / 'gone.png'}: image file not found "
                                  f"(image {gt['images'][1]['id']} of {moved})")
     assert not out.exists()
 
     (tmp_path / "notarun").mkdir()
-    r = runner.invoke(app, ["predict", str(tmp_path / "notarun"), "--images", str(trained_detector["images"]),
+    r = runner.invoke(app, ["predict", str(tmp_path / "notarun"), "--images", str(toy_detector["images"]),
                             "--device", "cpu"])
     assert one_line_error(r) == f"wsis: error: {tmp_path / 'notarun'}: not a wsis training run (no best.pt or last.pt)"
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    r = runner.invoke(app, ["predict", str(tmp_path / "junk.pt"), "--images", str(trained_detector["images"]),
+    r = runner.invoke(app, ["predict", str(tmp_path / "junk.pt"), "--images", str(toy_detector["images"]),
                             "--device", "cpu"])
     assert str(tmp_path / "junk.pt") in one_line_error(r)
     (tmp_path / "empty").mkdir()
-    r = predict(runner, {**trained_detector, "images": tmp_path / "empty"})
+    r = predict(runner, {**toy_detector, "images": tmp_path / "empty"})
     assert one_line_error(r).startswith(f"wsis: error: {tmp_path / 'empty'}: holds no image files")
 
-    r = predict(runner, trained_detector, "--score-thr", 1.5)
+    r = predict(runner, toy_detector, "--score-thr", 1.5)
     assert r.exit_code == 2 and "--score-thr" in r.output
-    r = runner.invoke(app, ["predict", str(tmp_path / "nothing"), "--images", str(trained_detector["images"])])
+    r = runner.invoke(app, ["predict", str(tmp_path / "nothing"), "--images", str(toy_detector["images"])])
     assert r.exit_code == 2  # RUN must exist
     if not torch.cuda.is_available():
-        r = runner.invoke(app, ["predict", str(trained_detector["run"]), "--images", str(trained_detector["images"]),
+        r = runner.invoke(app, ["predict", str(toy_detector["run"]), "--images", str(toy_detector["images"]),
                                 "--device", "cuda"])
         assert r.exit_code == 2 and "no CUDA device is available" in " ".join(r.output.replace("│", " ").split())

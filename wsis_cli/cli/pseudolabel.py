@@ -160,14 +160,16 @@ def net(
     training-ready COCO dataset whose instances carry `score` and, with the IoU head, `iou`.
     """
     from wsis_cli.coco import display_name, load_dataset
-    from wsis_cli.inference import net_pseudolabels
-    from wsis_cli.pseudo.net import RANKS, summary_line
+    from wsis_cli.engine.predictor import Predictor
+    from wsis_cli.pseudo.net import RANKS, pseudolabel_with_model, summary_line
 
     choice(rank, RANKS, "--rank")
     ds = load_dataset(weak)
+    predictor = Predictor.from_run(model, device)
     with progress_bar("pseudolabel net") as progress:
-        result, summary = net_pseudolabels(ds, images, model, device=device, rank=rank, score_thr=score_thr,
-                                           options={"weak": display_name(weak), "images": str(images),
-                                                    "model": str(model)}, progress=progress)
+        labels = pseudolabel_with_model(ds, images, predictor, rank=rank, score_thr=score_thr, name=str(model),
+                                        options={"weak": display_name(weak), "images": str(images),
+                                                 "model": str(model)}, progress=progress)
+    result = labels.to_dataset()
     write_output(out, result.to_json())
-    info(summary_line(summary, len(result.images)))
+    info(summary_line(labels.summary, len(result.images)))

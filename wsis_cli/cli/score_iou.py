@@ -69,7 +69,7 @@ def score_iou(
     if model is not None:
         from wsis_cli.coco import load_dataset
         from wsis_cli.engine.predictor import Predictor
-        from wsis_cli.iou_scores import predicted_scores
+        from wsis_cli.pseudo.net import predicted_scores
 
         options.update(score_thr=score_thr, batch_size=batch_size, device=device, rank=rank)
         ds = load_dataset(dataset) if dataset else None

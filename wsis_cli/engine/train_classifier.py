@@ -164,6 +164,27 @@ def _data_fingerprint(ds: Dataset, labels: np.ndarray) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
+def _records(ds: Dataset, cfg: ClassifierConfig, labels: np.ndarray) -> tuple[dict, dict]:
+    """The checkpoint's ``config`` (what rebuilds the model) and ``train`` (what resume checks)."""
+    config = {"backbone": cfg.backbone, "num_classes": len(ds.categories),
+              "category_ids": [c["id"] for c in ds.categories],
+              "category_names": [str(c.get("name", c["id"])) for c in ds.categories],
+              "size": cfg.size, "peak_kernel": cfg.peak_kernel}
+    train = {"weights": cfg.weights, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+             "amp": cfg.amp, "seed": cfg.seed, "data": _data_fingerprint(ds, labels)}
+    return config, train
+
+
+def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+    if out.is_dir():
+        raise WsisError(f"{out}: is a directory, expected a checkpoint file path")
+    if out.exists() and not (resume or overwrite):
+        raise WsisError(f"{out}: exists; add --resume to continue its training, or --overwrite to start afresh")
+    if out.parent.is_dir():
+        for tmp in out.parent.glob(f".{out.name}.*.tmp"):  # what a killed write left behind
+            tmp.unlink(missing_ok=True)
+
+
 def _resume_state(out: Path, cfg: ClassifierConfig, config: dict, train: dict, say) -> dict | None:
     """The checkpoint to continue from, after checking it fits (None: start from scratch)."""
     if not out.is_file():
@@ -229,21 +250,10 @@ def train_classifier(
     labels = _checked_labels(ds)
     paths = [image_path(images_dir, im, dataset=ds.path) for im in ds.images]
     check_images(ds.images, paths, ds.path, sizes=False)  # a broken file fails now, not hours into training
-    if out.is_dir():
-        raise WsisError(f"{out}: is a directory, expected a checkpoint file path")
-    if out.exists() and not (resume or overwrite):
-        raise WsisError(f"{out}: exists; add --resume to continue its training, or --overwrite to start afresh")
-    if out.parent.is_dir():
-        for tmp in out.parent.glob(f".{out.name}.*.tmp"):  # what a killed write left behind
-            tmp.unlink(missing_ok=True)
+    _check_out(out, resume=resume, overwrite=overwrite)
     dev = resolve_device(device) if isinstance(device, str) else device
     use_amp = amp_on(cfg.amp, dev, say)
-    config = {"backbone": cfg.backbone, "num_classes": len(ds.categories),
-              "category_ids": [c["id"] for c in ds.categories],
-              "category_names": [str(c.get("name", c["id"])) for c in ds.categories],
-              "size": cfg.size, "peak_kernel": cfg.peak_kernel}
-    train = {"weights": cfg.weights, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
-             "amp": cfg.amp, "seed": cfg.seed, "data": _data_fingerprint(ds, labels)}
+    config, train = _records(ds, cfg, labels)
     state = _resume_state(out, cfg, config, train, say) if resume else None
     start, history = (int(state["epoch"]), list(state["history"])) if state is not None else (0, [])
     if start >= cfg.epochs and state is not None:

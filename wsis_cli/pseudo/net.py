@@ -40,7 +40,7 @@ from wsis_cli.errors import WsisError
 from wsis_cli.pseudo.labels import Instance, PseudoLabels, to_record
 
 __all__ = ["RANKS", "DUPLICATE_IOU", "MasksInBoxes", "image_pseudo_labels", "pseudo_instances", "pseudolabel_net",
-           "needs_detections", "summary_line"]
+           "pseudolabel_with_model", "predicted_scores", "needs_detections", "summary_line"]
 
 RANKS = ("score", "iou")
 DUPLICATE_IOU = 0.5
@@ -265,3 +265,70 @@ def summary_line(summary: dict, images: int) -> str:
         line += (f"; {summary['unlabelled_images']} labelled images left out (nothing found in them, and training "
                  "would take them for background)")
     return line
+
+
+# ----------------------------------------------------------------------------- with a trained model
+def pseudolabel_with_model(ds: Dataset, images_dir, predictor, *, rank: str = "score", score_thr: float = 0.05,
+                           name: str = "the model", options: dict | None = None, progress=None) -> PseudoLabels:
+    """:func:`pseudolabel_net` with ``predictor`` (an :class:`~wsis_cli.engine.predictor.Predictor`)
+    as the annotation network: it detects on each image and predicts masks in box labels. ``name``
+    (the run) names the model in errors."""
+    from wsis_cli.images import image_path, read_sized_image
+
+    if not predictor.has_masks:
+        raise WsisError(f"{name}: was trained with --boxes-only; pseudo-labels need a mask model")
+    if rank == "iou" and not predictor.has_iou_head:
+        raise WsisError(f"{name}: has no IoU head (train with --iou-head) to rank by predicted IoU; use --rank score")
+    known = set(predictor.config["category_ids"])
+    unknown = sorted({a["category_id"] for a in ds.annotations} - known)
+    if unknown:
+        raise WsisError(f"{ds.path}: categories {unknown} are not among the model's {sorted(known)}")
+    cache: dict[int, np.ndarray] = {}
+
+    def rgb_of(im: dict) -> np.ndarray:
+        if im["id"] not in cache:
+            cache.clear()
+            cache[im["id"]] = read_sized_image(image_path(images_dir, im, dataset=ds.path), im, ds.path)
+        return cache[im["id"]]
+
+    def run_detect(im: dict) -> Detections:
+        return predictor.detect([rgb_of(im)], score_thr=min(score_thr, 0.05))[0]
+
+    def masks_for(im: dict) -> MasksInBoxes:
+        return lambda boxes, cats: predictor.masks_in_boxes(rgb_of(im), boxes, cats)
+
+    return pseudolabel_net(ds, ds.images, run_detect, masks_for, rank=rank, score_thr=score_thr, options=options,
+                           progress=progress)
+
+
+def predicted_scores(predictor, images_dir, *, dataset: Dataset | None = None, score_thr: float = 0.05,
+                     batch_size: int = 1, rank: str = "score", name: str = "the model", progress=None) -> dict:
+    """The model half of ``score-iou`` (``{"images": [...]}``, without ``info``): each instance's
+    IoU as ``predictor``'s IoU head predicts it and each image's score (their mean, the paper's
+    Eq. 2). With a dataset holding image-level labels (IL/IL+C) or boxes, the instances are those
+    :func:`pseudolabel_with_model` makes, named by the ``annotation_id`` it gives them; otherwise
+    every detection scoring at least ``score_thr``, named by its ``index`` in the results list
+    ``predict`` writes with the same options. ``name`` (the run) names the model in errors."""
+    from wsis_cli.images import folder_images
+
+    if not predictor.has_iou_head:
+        raise WsisError(f"{name}: has no IoU head; train it with --iou-head to predict mask IoUs")
+    if dataset is not None and any(supervision_level(a) != "full" for a in dataset.annotations):
+        pseudo = pseudolabel_with_model(dataset, images_dir, predictor, rank=rank, score_thr=score_thr, name=name,
+                                        progress=progress).to_dataset()
+        per_image: dict[int, list[dict]] = {im["id"]: [] for im in dataset.images}
+        for a in pseudo.annotations:
+            if a.get("iou") is not None:
+                per_image[a["image_id"]].append({"annotation_id": int(a["id"]), "iou": round(float(a["iou"]), 6)})
+    else:
+        images = dataset.images if dataset is not None else folder_images(images_dir)
+        results = predictor.predict_images(images, images_dir, dataset=dataset, score_thr=score_thr,
+                                           batch_size=batch_size, progress=progress)
+        per_image = {im["id"]: [] for im in images}
+        for index, r in enumerate(results):
+            per_image[r["image_id"]].append({"index": index, "iou": round(float(r["iou"]), 6)})
+    out = []
+    for iid, inst in per_image.items():
+        score = round(float(np.mean([r["iou"] for r in inst])), 6) if inst else None
+        out.append({"image_id": int(iid), "score": score, "instances": inst})
+    return {"images": out}
