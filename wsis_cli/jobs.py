@@ -86,7 +86,7 @@ class ResumeLog:
                 lines = fh.read().split(b"\n")
             try:
                 header = json.loads(lines[0])
-            except (json.JSONDecodeError, IndexError):
+            except (ValueError, IndexError):  # not JSON, or not text at all (UnicodeDecodeError)
                 header = None
             if not isinstance(header, dict) or header.get("run") != run_id:
                 raise WsisError(f"{self.path}: this resume file belongs to another run (other input or "
@@ -96,8 +96,8 @@ class ResumeLog:
                 try:
                     rec = json.loads(line)
                     self.done[int(rec["image_id"])] = rec["result"]
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                    break  # a line cut short when the run was killed: redo that image
+                except (KeyError, TypeError, ValueError):
+                    break  # a line cut short when the run was killed (or garbled): redo from there
                 good_bytes += len(line) + 1
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if good_bytes:
@@ -143,10 +143,14 @@ def _die_with_parent() -> None:
 
 def run_images(fn: Callable[[Any], Any], tasks: Iterable[tuple[int, Any]], *, workers: int = 1,
                log: ResumeLog | None = None, progress: Callable[[int, int], None] | None = None,
-               total: int | None = None) -> dict[int, Any]:
+               total: int | None = None, check: Callable[[Any, Any], bool] | None = None) -> dict[int, Any]:
     """``{image_id: fn(payload)}`` over ``tasks`` = ``(image_id, payload)``, skipping the
-    images ``log`` already holds. ``fn`` must be a top-level function (it is pickled)."""
-    results: dict[int, Any] = dict(log.done) if log else {}
+    images ``log`` already holds whose result passes ``check(payload, result)`` (a record of
+    another shape is done again). ``fn`` must be a top-level function (it is pickled)."""
+    tasks = list(tasks)
+    payloads = dict(tasks)
+    results: dict[int, Any] = {i: r for i, r in (log.done.items() if log else ())
+                               if i in payloads and (check is None or check(payloads[i], r))}
     todo = [(i, p) for i, p in tasks if i not in results]
     n_total = (total if total is not None else len(todo) + len(results))
     done = len(results)

@@ -163,11 +163,11 @@ def test_stdin_input(runner, scene):
 
 def test_bad_option_values(runner, scene):
     boxes, maps = scene
-    line = one_line_error(run(runner, boxes, "--maps", maps, "--objective", "nope"))
-    assert line == "wsis: error: --objective must be one of mass, gap, got 'nope'"
-    line = one_line_error(run(runner, boxes, "--maps", maps, "--stop", "nope"))
-    assert line == "wsis: error: --stop must be one of split, point, got 'nope'"
-    assert "--context must be > 1" in one_line_error(run(runner, boxes, "--maps", maps, "--context", 1))
+    for opts, text in ((["--objective", "nope"], "--objective must be one of mass, gap, got 'nope'"),
+                       (["--stop", "nope"], "--stop must be one of split, point, got 'nope'"),
+                       (["--context", 1], "--context must be > 1")):
+        r = run(runner, boxes, "--maps", maps, *opts)  # usage errors (exit 2), before any work
+        assert r.exit_code == 2 and text in " ".join(r.output.replace("│", " ").split()), r.output
     for opts in (["--steps", "-1"], ["--threshold", "2"], ["--mask-thr", "-0.1"], ["--lr", "-1"]):
         assert run(runner, boxes, "--maps", maps, *opts).exit_code == 2, opts
     r = run(runner, boxes, "--maps", maps.parent / "nowhere")
@@ -211,3 +211,31 @@ def test_annotations_without_a_box_or_with_a_bad_point(runner, scene, tmp_path):
     line = one_line_error(run(runner, write(tmp_path / "badpoint.json", ds), "--maps", maps))
     assert line == (f"wsis: error: {tmp_path / 'badpoint.json'}: annotation 1 (image 1): "
                     "'point' must be [x, y], got [1, 'x']")
+
+
+@pytest.mark.parametrize("point, problem", [
+    ("NaN", "'point' must be finite, got [nan, 22.0]"),
+    (f"{W + 30}", f"'point' [{W + 30}, 22.0] lies outside its {W}x{H} image"),
+])
+def test_a_point_that_is_not_finite_or_not_in_its_image_is_refused(runner, scene, tmp_path, point, problem):
+    boxes, maps = scene
+    text = boxes.read_text().replace('"point": [20.0, 22.0]', f'"point": [{point}, 22.0]')
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)  # json.loads reads the NaN literal
+    out = tmp_path / "o.json"
+    line = one_line_error(run(runner, bad, "--maps", maps, "--out", out))
+    assert line == f"wsis: error: {bad}: annotation 1 (image 1): {problem}"
+    assert not out.exists()
+
+
+def test_boxes_outside_the_image_are_left_out_and_boxes_across_its_edge_clipped(runner, scene, tmp_path):
+    boxes, maps = scene
+    ds = json.loads(boxes.read_text())
+    ds["annotations"][1]["bbox"] = [W + 5.0, 4.0, 10.0, 10.0]     # annotation 2: wholly outside
+    ds["annotations"][2]["bbox"] = [-6.0, 22.0, 20.0, 14.0]       # annotation 3: across the left edge
+    r = run(runner, write(tmp_path / "edge.json", ds), "--maps", maps, "--steps", 0)
+    assert r.exit_code == 0, r.output
+    assert "annotation 2 (image 1): its box" in r.stderr and "left out" in r.stderr
+    out = {a["id"]: a for a in json.loads(r.stdout)["annotations"]}
+    assert 2 not in out and set(out) == {1, 3, 4, 5}
+    assert out[3]["wsis"]["box_before"] == [0.0, 22.0, 14.0, 14.0] and out[3]["bbox"][0] >= 0

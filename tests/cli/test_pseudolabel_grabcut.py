@@ -342,7 +342,7 @@ def test_sigterm_stops_the_workers_and_keeps_the_log(tmp_path):
     proc.send_signal(signal.SIGTERM)  # to the main process only, as a batch scheduler does
     _, err = proc.communicate(timeout=30)
     assert proc.returncode != 0 and not out.exists()
-    assert "Traceback" not in err and "rerun with --resume" in err
+    assert "Traceback" not in err and "Exception ignored" not in err and "rerun with --resume" in err
     time.sleep(1)
     alive = [c for c in children if Path(f"/proc/{c}").exists() and "zombie" not in Path(f"/proc/{c}/status").read_text()]
     assert not alive, f"workers outlived the run: {alive}"
@@ -360,3 +360,42 @@ def test_verb_defaults_are_the_library_defaults():
     for name in ("iters", "valid_iou", "fallback", "margin", "max_side", "cleanup", "seed"):
         assert params[name].default == getattr(lib, name), name
     assert params["retry"].default is True and RETRY_IOU == lib.retry_iou
+
+
+def test_a_garbled_resume_log_is_redone_from_the_first_bad_record(runner, tmp_path, monkeypatch):
+    import wsis_cli.pseudo.grabcut_dataset as gd
+
+    gt = synthesize(tmp_path, n=3, size=64, seed=1)
+    boxes = tmp_path / "box.json"
+    boxes.write_text(json.dumps(weaken(parse_dataset(gt), "box").to_json()))
+    args = ["pseudolabel", "grabcut", str(boxes), "--images", str(tmp_path / "images"), "--workers", "1"]
+    whole = tmp_path / "whole.json"
+    assert runner.invoke(app, [*args, "--out", str(whole)]).exit_code == 0
+    out = tmp_path / "out.json"
+    log = Path(f"{out}.resume.jsonl")
+    real, calls = gd.grabcut_image, []
+
+    def dies_after_one_image(job):
+        calls.append(job.image_id)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(gd, "grabcut_image", dies_after_one_image)
+    assert runner.invoke(app, [*args, "--out", str(out)]).exit_code != 0
+    monkeypatch.setattr(gd, "grabcut_image", real)
+    kept = log.read_bytes()
+    assert len(kept.splitlines()) == 2  # the header and one finished image
+    for garbage in (b'{"image_id": 2, "result": {"anns": "oops"}}\n', b"\xff\xfe\x00junk\n",
+                    b'[1, 2]\n'):
+        log.write_bytes(kept + garbage)  # a wrongly shaped record, binary junk, a record of another type
+        r = runner.invoke(app, [*args, "--out", str(out), "--resume"])
+        assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+        assert out.read_bytes() == whole.read_bytes() and not log.exists()
+        out.unlink()
+    log.write_bytes(kept.replace(b'"image_id": ', b'"image_id": "x', 1).replace(b', "result"', b'", "result"', 1))
+    r = runner.invoke(app, [*args, "--out", str(out), "--resume"])  # the finished record itself garbled
+    assert r.exit_code == 0 and out.read_bytes() == whole.read_bytes()
+    log.write_bytes(b"\xff\xfe a binary header\n")
+    r = runner.invoke(app, [*args, "--out", str(out), "--resume"])
+    assert r.exit_code == 1 and "this resume file belongs to another run" in r.stderr and "Traceback" not in r.output

@@ -84,8 +84,10 @@ def test_prm_il_labels_and_refine_none(runner, trained, tmp_path):
 
 
 def test_prm_errors(runner, trained, tmp_path):
-    r = prm(runner, trained, "ilc.json", "--refine", "nope")
-    assert r.exit_code == 1 and r.stderr.strip() == "wsis: error: --refine must be one of grabcut, none, got 'nope'"
+    for args, text in ((["--refine", "nope"], "--refine must be one of grabcut, none, got 'nope'"),
+                       (["--peak-kernel", "4"], "--peak-kernel must be an odd number >= 1, got 4")):
+        r = prm(runner, trained, "ilc.json", *args)  # usage errors, found before any work
+        assert r.exit_code == 2 and text in " ".join(r.stderr.replace("│", " ").split()), r.stderr
     not_a_model = tmp_path / "x.pt"
     not_a_model.write_bytes(b"junk")
     r = runner.invoke(app, ["pseudolabel", "prm", str(trained / "ilc.json"), "--images", str(trained / "images"),

@@ -71,6 +71,17 @@ def image_ids(text: str, option: str = "--ids") -> list[int]:
     raise typer.BadParameter(f"{text!r} is neither a comma-separated list of image ids nor a file", param_hint=option)
 
 
+def options_config(cls, **options):
+    """``cls(**options)``: a method's settings, whose own checks (a WsisError naming the option,
+    e.g. an even --peak-kernel) are usage errors (exit 2) here."""
+    from wsis_cli.errors import WsisError
+
+    try:
+        return cls(**options)
+    except WsisError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
 def choice(value: str, choices: tuple[str, ...], option: str) -> str:
     """``value`` when it is one of ``choices``, else a usage error naming ``option``."""
     if value not in choices:

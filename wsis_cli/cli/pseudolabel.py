@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from wsis_cli.cli.io import cli_errors, info, progress_bar, warn, write_output
-from wsis_cli.cli.options import Device, ImagesDir, Out, Resume, Seed, Shard, Workers, choice
+from wsis_cli.cli.options import Device, ImagesDir, Out, Resume, Seed, Shard, Workers, choice, options_config
 
 app = typer.Typer(help="Make instance masks (pseudo-labels) from weak labels.", no_args_is_help=True)
 
@@ -47,8 +47,8 @@ def grabcut(
 
     choice(fallback, FALLBACKS, "--fallback")
     _resume_log_path(out, resume)  # a wrong --out or --resume fails before the dataset loads
-    cfg = GrabCutConfig(iters=iters, valid_iou=valid_iou, fallback=fallback, margin=margin, max_side=max_side,
-                        cleanup=cleanup, retry_iou=RETRY_IOU if retry else 0.0, seed=seed)
+    cfg = options_config(GrabCutConfig, iters=iters, valid_iou=valid_iou, fallback=fallback, margin=margin,
+                         max_side=max_side, cleanup=cleanup, retry_iou=RETRY_IOU if retry else 0.0, seed=seed)
     ds = load_dataset(boxes)
     with progress_bar("grabcut") as progress:
         job = grabcut_job(ds, images_dir=images, cfg=cfg, shard=shard, workers=workers or default_workers(),
@@ -93,7 +93,7 @@ def prm(
     from wsis_cli.coco import load_dataset
     from wsis_cli.pseudo.prm import PRMConfig, pseudolabel_prm, summary_line
 
-    cfg = PRMConfig(peak_kernel=peak_kernel, peak_rel=peak_rel, prm_thr=prm_thr, refine=refine, seed=seed)
+    cfg = options_config(PRMConfig, peak_kernel=peak_kernel, peak_rel=peak_rel, prm_thr=prm_thr, refine=refine, seed=seed)
     ds = load_dataset(labels)
     with progress_bar("prm") as progress:
         result = pseudolabel_prm(ds, images_dir=images, model=model, cfg=cfg, device=device, shard=shard,
@@ -127,11 +127,11 @@ def ccgr(
     from wsis_cli.pseudo.ccgr import CCGRConfig
     from wsis_cli.pseudo.ccgr_dataset import pseudolabel_ccgr, summary_line
 
-    cfg = CCGRConfig(steps=steps, context=context, lr=lr, objective=objective, threshold=threshold, stop=stop,
-                     mask_thr=mask_thr)
+    cfg = options_config(CCGRConfig, steps=steps, context=context, lr=lr, objective=objective, threshold=threshold,
+                         stop=stop, mask_thr=mask_thr)
     ds = load_dataset(boxes)
     with progress_bar("ccgr", unit="box") as progress:
-        result = pseudolabel_ccgr(ds, maps_dir=maps, cfg=cfg, seed=seed, progress=progress)
+        result = pseudolabel_ccgr(ds, maps_dir=maps, cfg=cfg, seed=seed, progress=progress, warn=warn)
     write_output(out, result.to_json())
     info(summary_line(result.summary))
 

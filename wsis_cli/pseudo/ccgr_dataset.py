@@ -28,21 +28,41 @@ BBOX_DECIMALS = 2
 LAYOUT = ("bbox", "segmentation", "area", "wsis")  # the box record's own fields stay in place
 
 
-def _boxed(ds: Dataset) -> list[tuple[dict, list[dict]]]:
-    """``(image, its non-crowd annotations)`` for the images that have any, each checked."""
+def _boxed(ds: Dataset, warn: Callable[[str], None]) -> list[tuple[dict, list[dict]]]:
+    """``(image, its non-crowd annotations)`` for the images that have any, each checked: a point
+    must be finite and inside its image; a box with no area inside its image is left out (with a
+    warning naming it), one partly outside is clipped to the image."""
     todo = []
     for im in ds.images:
-        anns = [a for a in ds.anns_by_image[im["id"]] if not a.get("iscrowd")]
-        for a in anns:
+        anns = []
+        for a in (a for a in ds.anns_by_image[im["id"]] if not a.get("iscrowd")):
             if a.get("bbox") is None:
                 raise InputError(ds.path, "has no bbox to refine", ann_record(a))
-            p = a.get("point")
-            if p is not None and not (isinstance(p, list) and len(p) == 2
-                                      and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)):
-                raise InputError(ds.path, f"'point' must be [x, y], got {p!r}", ann_record(a))
+            _check_point(ds, im, a)
+            x, y, w, h = a["bbox"]
+            x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, im["width"]), min(y + h, im["height"])
+            if x2 - x1 < 1 or y2 - y1 < 1:
+                warn(f"{ds.path}: {ann_record(a)}: its box {a['bbox']} has no area inside the "
+                     f"{im['width']}x{im['height']} image; left out")
+                continue
+            anns.append({**a, "bbox": [x1, y1, x2 - x1, y2 - y1]} if (x1, y1, x2, y2) != (x, y, x + w, y + h) else a)
         if anns:
             todo.append((im, anns))
     return todo
+
+
+def _check_point(ds: Dataset, im: dict, a: dict) -> None:
+    p = a.get("point")
+    if p is None:
+        return
+    if not (isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                         for v in p)):
+        raise InputError(ds.path, f"'point' must be [x, y], got {p!r}", ann_record(a))
+    if not all(np.isfinite(p)):
+        raise InputError(ds.path, f"'point' must be finite, got {p!r}", ann_record(a))
+    if not (0 <= p[0] <= im["width"] and 0 <= p[1] <= im["height"]):
+        raise InputError(ds.path, f"'point' {p} lies outside its {im['width']}x{im['height']} image",
+                         ann_record(a))
 
 
 def _chunk(ds: Dataset, todo: list, start: int, maps_dir, cfg: CCGRConfig):
@@ -73,13 +93,14 @@ def _chunk(ds: Dataset, todo: list, start: int, maps_dir, cfg: CCGRConfig):
 
 
 def pseudolabel_ccgr(ds: Dataset, *, maps_dir: str | Path, cfg: CCGRConfig, seed: int = 0,
-                     progress: Callable[[int, int], None] | None = None) -> PseudoLabels:
+                     progress: Callable[[int, int], None] | None = None,
+                     warn: Callable[[str], None] = lambda _msg: None) -> PseudoLabels:
     """Refine every box annotation of ``ds`` on the score maps in ``maps_dir`` (see the module
-    docstring); ``seed`` seeds torch first."""
+    docstring); ``seed`` seeds torch first; ``warn`` hears of boxes left out."""
     import torch
 
     torch.manual_seed(seed)
-    todo = _boxed(ds)
+    todo = _boxed(ds, warn)
     out: list[Instance] = []
     summary = {"boxes": 0, "with_point": 0, "empty_masks": 0, "mean_box_iou_moved": None}
     moved: list[float] = []

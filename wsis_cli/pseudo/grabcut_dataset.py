@@ -95,6 +95,22 @@ def grabcut_image(job: BoxJob) -> dict:
     return {"anns": out}
 
 
+def _well_formed(job: BoxJob, result) -> bool:
+    """Whether ``result`` (read back from a resume log) is what :func:`grabcut_image` gives for
+    ``job``: a record for each of its boxes, each with an RLE mask, an area and a ``wsis`` block."""
+    anns = result.get("anns") if isinstance(result, dict) else None
+    if not isinstance(anns, dict) or set(anns) != ({str(i) for i in job.ann_ids} if job.boxes else set()):
+        return False
+    for made in anns.values():
+        if not (isinstance(made, dict) and isinstance(made.get("segmentation"), dict)
+                and isinstance(made["segmentation"].get("counts"), str)
+                and isinstance(made.get("area"), (int, float)) and isinstance(made.get("wsis"), dict)
+                and isinstance(made["wsis"].get("method"), str) and isinstance(made["wsis"].get("valid"), bool)
+                and isinstance(made["wsis"].get("box_iou"), (int, float))):
+            return False
+    return True
+
+
 def _summary() -> dict:
     """What happened to the boxes, split at 64×64 px of box area."""
     return {"masks": 0, "skipped": 0, "empty": 0,
@@ -113,7 +129,7 @@ def pseudolabel_grabcut(ds: Dataset, *, images_dir: str | Path, cfg: GrabCutConf
     images = shard_images(ds.images, parse_shard(shard))
     jobs, skipped = prepare_boxes(ds, images, images_dir, cfg, warn)
     results = run_images(grabcut_image, [(j.image_id, j) for j in jobs], workers=workers, log=log,
-                         progress=progress, total=len(jobs))
+                         progress=progress, total=len(jobs), check=_well_formed)
     summary = _summary()
     summary["skipped"] = len(skipped)
     keep = {im["id"] for im in images}
