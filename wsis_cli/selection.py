@@ -26,6 +26,7 @@ class ImageScores:
 
     image_ids: np.ndarray
     scores: np.ndarray
+    path: str = "<memory>"  # the scores file, for messages
 
     def __post_init__(self) -> None:
         if self.image_ids.shape != self.scores.shape or self.image_ids.ndim != 1:
@@ -55,7 +56,7 @@ def parse_scores(obj, *, path: str = "<memory>") -> ImageScores:
             raise InputError(path, "'score' must be a finite number or null", name)
         ids.append(iid)
         scores.append(float(s))
-    return ImageScores(np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float64))
+    return ImageScores(np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float64), path)
 
 
 def split_evenly(n: int, parts: int) -> list[int]:
@@ -87,7 +88,7 @@ def select(scores: ImageScores, *, n: int, strategy: str = "closest", betas: lis
     ids, vals = scores.image_ids[keep], scores.scores[keep]
     if n > ids.size:
         why = "after --exclude and without unscored images" if strategy != "random" else "after --exclude"
-        raise WsisError(f"asked for {n} images but only {ids.size} are eligible ({why})")
+        raise WsisError(f"{scores.path}: asked for {n} images but only {ids.size} are eligible ({why})")
 
     if strategy == "random":
         rng = np.random.default_rng(seed)

@@ -255,12 +255,20 @@ def test_bad_inputs(runner, tmp_path, synth_boxes):
     box["annotations"] = [a for a in box["annotations"] if a["image_id"] == box["images"][0]["id"]
                           and a["bbox"][0] + a["bbox"][2] <= 50]
     out = tmp_path / "o.json"
+    wrong = write(tmp_path / "wrong.json", box)
+    r = run(runner, wrong, "--images", synth_boxes / "images", "--out", out)  # found before any work
+    assert r.exit_code == 1 and r.stderr.strip().endswith(f"is 96x96 px but image 1 of {wrong} says 50x96")
+    assert not out.exists()
+    cut = tmp_path / "cut"  # pictures whose headers read but whose pixels do not decode
+    cut.mkdir()
+    for im in box["images"]:
+        (cut / im["file_name"]).write_bytes((synth_boxes / "images" / im["file_name"]).read_bytes()[:200])
+    box["images"][0]["width"] = 96
     for workers in (1, 2):  # in a worker process too, the error arrives as one line
-        r = run(runner, write(tmp_path / "wrong.json", box), "--images", synth_boxes / "images", "--out", out,
-                "--workers", workers)
+        r = run(runner, write(tmp_path / "cut.json", box), "--images", cut, "--out", out, "--workers", workers)
         assert r.exit_code == 1, r.output
         assert r.stderr.strip().splitlines()[-1].startswith("wsis: error: ")
-        assert "is 96x96 but image 1 of the dataset says 50x96" in r.stderr
+        assert "not an image OpenCV can decode" in r.stderr
         assert not out.exists()
     r = run(runner, synth_boxes / "box.json", "--images", tmp_path / "nowhere")
     assert r.exit_code == 2

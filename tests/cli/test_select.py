@@ -30,7 +30,8 @@ def test_cli_errors(runner, tmp_path):
     out = tmp_path / "sel.json"
     r = runner.invoke(app, ["select", str(sfile), "--n", "2", "--out", str(out)])
     assert r.exit_code == 1
-    assert r.stderr.strip() == "wsis: error: asked for 2 images but only 1 are eligible (after --exclude and without unscored images)"
+    assert r.stderr.strip() == (f"wsis: error: {sfile}: asked for 2 images but only 1 are eligible (after --exclude and "
+                                "without unscored images)")
     assert not out.exists()
     r = runner.invoke(app, ["select", str(tmp_path / "nope.json"), "--n", "1"])
     assert r.exit_code == 1 and "nope.json: no such file" in r.stderr

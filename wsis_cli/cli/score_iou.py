@@ -89,12 +89,14 @@ def score_iou(
             scored = oracle_scores(gt_ds, preds, path=display_name(pred), progress=progress)
         rec = {"info": {"wsis": provenance("score-iou", options, None)}, **scored}
     this = parse_iou_scores(rec, path=out if out != "-" else "<stdout>")
+    summary = None
+    if other is not None:  # compared before anything is written: a failed comparison leaves no file
+        predicted, oracle = (other, this) if model is None else (this, other)
+        summary = compare_scores(predicted, oracle)
     write_output(out, rec)
     summarise(this)
-    if other is None:
+    if summary is None:
         return
-    predicted, oracle = (other, this) if model is None else (this, other)
-    summary = compare_scores(predicted, oracle)
     if summary["n_instances"] == 0 and predicted.instances and oracle.instances:
         warn("no instance is named in both files (annotation ids or indices differ): no instance-level MAE")
     if as_json:

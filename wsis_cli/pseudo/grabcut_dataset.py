@@ -21,7 +21,7 @@ import numpy as np
 from wsis_cli.boxes import SMALL_AREA, xywh_to_xyxy
 from wsis_cli.coco import Dataset, ann_record, mask_to_rle, provenance
 from wsis_cli.errors import InputError
-from wsis_cli.images import image_path
+from wsis_cli.images import check_images, image_path
 from wsis_cli.jobs import Job, ResumeLog, parse_shard, run_images, shard_images
 from wsis_cli.pseudo.grabcut import GrabCutConfig, box_seed, resolve_overlaps, segment_boxes
 from wsis_cli.pseudo.labels import Instance, PseudoLabels, coco_bbox
@@ -68,6 +68,8 @@ def prepare_boxes(ds: Dataset, images: list[dict], images_dir: str | Path, cfg: 
             ids.append(a["id"])
             boxes.append(clipped.tolist())
         jobs.append(BoxJob(im["id"], str(path), h, w, ids, boxes, cfg.to_dict()))
+    with_boxes = [(im, Path(j.path)) for im, j in zip(images, jobs) if j.boxes]
+    check_images([im for im, _ in with_boxes], [p for _, p in with_boxes], ds.path)  # before any work
     return jobs, skipped
 
 
