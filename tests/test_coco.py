@@ -180,3 +180,22 @@ def test_dataset_rle_reports_bad_compressed_counts(two_images):
     ds.annotations[0] = {**ds.annotations[0], "segmentation": None}
     with pytest.raises(InputError, match="annotation 1 .*has no segmentation"):
         ds.rle(ds.annotations[0])
+
+
+def test_outputs_honour_the_umask_and_a_rewrite_keeps_the_mode(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "new.json", {"a": 1})
+        assert stat.S_IMODE(os.stat(tmp_path / "new.json").st_mode) == 0o644  # as open() would make it
+        (tmp_path / "kept.json").write_text("{}")
+        os.chmod(tmp_path / "kept.json", 0o640)
+        write_json(tmp_path / "kept.json", {"a": 2})
+        assert stat.S_IMODE(os.stat(tmp_path / "kept.json").st_mode) == 0o640
+        os.umask(0o077)
+        write_json(tmp_path / "private.json", {"a": 3})
+        assert stat.S_IMODE(os.stat(tmp_path / "private.json").st_mode) == 0o600
+    finally:
+        os.umask(old)
