@@ -53,3 +53,35 @@ def test_cli_errors(runner, tmp_path, two_images):
     r = runner.invoke(app, ["evaluate", str(gt), "-"], input=json.dumps(bad_results))
     assert r.exit_code == 1
     assert r.stderr.strip() == "wsis: error: <stdin>: result 0 (image 1): 'category_id' 9 names no category of the ground truth"
+
+
+def test_cli_bad_mask_is_one_line(runner, tmp_path, two_images):
+    gt = write(tmp_path / "gt.json", two_images)
+    bad = results_from(two_images)
+    bad[2]["segmentation"] = dict(bad[2]["segmentation"], counts=bad[2]["segmentation"]["counts"] + "0")
+    pred = write(tmp_path / "pred.json", bad)
+    r = runner.invoke(app, ["evaluate", str(gt), str(pred)])
+    assert r.exit_code == 1
+    assert r.stderr.startswith(f"wsis: error: {pred}: result 2 (image 2): compressed RLE counts sum to ")
+    assert r.stderr.count("\n") == 1
+
+
+def test_cli_imports_only_what_it_needs(tmp_path, two_images):
+    """`evaluate --help` loads no numerics; `evaluate` itself no torch, scipy or OpenCV."""
+    import subprocess
+    import sys
+
+    gt = write(tmp_path / "gt.json", two_images)
+    pred = write(tmp_path / "pred.json", results_from(two_images))
+    code = ("import sys; from wsis_cli.cli.app import app\n"
+            "try:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "heavy = [m for m in ('torch', 'torchvision', 'cv2', 'scipy', 'numpy', 'pycocotools', 'faster_coco_eval')\n"
+            "         if m in sys.modules]\n"
+            "print(' '.join(heavy), file=sys.stderr)")
+    r = subprocess.run([sys.executable, "-c", code, "evaluate", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
+    r = subprocess.run([sys.executable, "-c", code, "evaluate", str(gt), str(pred), "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["mAP"]["0.5"] > 0.99
+    assert not {"torch", "torchvision", "cv2", "scipy"} & set(r.stderr.split()), r.stderr

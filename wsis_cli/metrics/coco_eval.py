@@ -45,7 +45,7 @@ def default_engine() -> str:
 
 
 def _import_faster():
-    """faster-coco-eval's COCO, COCOeval and mask modules. Its mask module imports OpenCV for
+    """faster-coco-eval's COCO and COCOeval classes. Its mask module imports OpenCV for
     an optional boundary mode that wsis never uses; when OpenCV is not loaded yet, the import
     is kept from loading it (a quarter of faster-coco-eval's import time)."""
     import sys
@@ -56,15 +56,16 @@ def _import_faster():
             import faster_coco_eval  # noqa: F401
         finally:
             del sys.modules["cv2"]
-    from faster_coco_eval.core import mask
+    import faster_coco_eval  # noqa: F401  (ImportError when it is absent)
     from faster_coco_eval.core.coco import COCO
     from faster_coco_eval.core.faster_eval_api import COCOeval_faster
 
-    return COCO, COCOeval_faster, mask
+    return COCO, COCOeval_faster
 
 
 # ----------------------------------------------------------------------------- predictions
 _MAX_DIGITS = 8  # characters of one number in a compressed RLE string (5 bits each) this pass decodes
+_MAX_NUMBERS = 2**22  # numbers in one string: 2**22 of 40 bits keep every sum within int64
 
 
 def _rle_strings_ok(counts: list[str], sizes: list[int]) -> np.ndarray:
@@ -72,16 +73,15 @@ def _rle_strings_ok(counts: list[str], sizes: list[int]) -> np.ndarray:
     sum to its ``size`` (height * width): :func:`wsis_cli.coco.rle_string_counts` and the checks
     ``_check_segmentation`` makes on its result, for all the strings in one vectorised pass.
     False only says "check it the exact way": a string this pass does not decode (a non-ASCII
-    character, a number of more than 8 characters: no run of a real mask) is False too."""
+    character, a number of more than 8 characters, more than 4M runs) is False too."""
     n = len(counts)
     if n == 0:
         return np.ones(0, dtype=bool)
+    ok = np.fromiter(map(str.isascii, counts), dtype=bool, count=n)
+    if not ok.all():  # a stand-in: a non-ASCII string is no compressed RLE
+        counts = [s if a else "!" for s, a in zip(counts, ok.tolist())]
     lens = np.fromiter(map(len, counts), dtype=np.int64, count=n)
-    try:
-        b = np.frombuffer("".join(counts).encode("ascii"), dtype=np.uint8)
-    except UnicodeEncodeError:
-        return np.zeros(n, dtype=bool)
-    ok = np.ones(n, dtype=bool)
+    b = np.frombuffer("".join(counts).encode("ascii"), dtype=np.uint8)
     last = np.cumsum(lens) - 1  # each string's last character
     bad = (b < 48) | (b >= 112)
     if bad.any():
@@ -93,26 +93,34 @@ def _rle_strings_ok(counts: list[str], sizes: list[int]) -> np.ndarray:
     stops = np.flatnonzero(end)
     per_str = np.diff(np.searchsorted(stops, last, side="right"), prepend=0)  # numbers in each string
     first = np.cumsum(per_str) - per_str  # each string's first number
-    num_str = np.repeat(np.arange(n), per_str)
+    ok &= per_str <= _MAX_NUMBERS
     starts = np.empty_like(stops)
     starts[0], starts[1:] = 0, stops[:-1] + 1
     digits = stops - starts + 1
     if (digits > _MAX_DIGITS).any():
         ok &= ~np.logical_or.reduceat(digits > _MAX_DIGITS, first)
-    d = (c & np.uint8(31)).astype(np.int64)
-    x = d[starts]
-    for k in range(1, min(int(digits.max()), _MAX_DIGITS)):
-        sel = np.flatnonzero((digits > k) & (digits <= _MAX_DIGITS))
-        x[sel] += d[starts[sel] + k] << (5 * k)
-    neg = np.flatnonzero((c[stops] & np.uint8(16)) != 0)  # the sign bit of the last character
-    x[neg] -= np.left_shift(1, 5 * np.minimum(digits[neg], _MAX_DIGITS))
-    # run m of a string is x[m] + run m-2 from m = 3 on: two running sums (odd m, even m >= 2)
-    m = np.arange(len(x)) - np.repeat(first, per_str)
-    runs = x.copy()
-    for chain in (m % 2 == 1, (m % 2 == 0) & (m >= 2)):
-        cs = np.cumsum(np.where(chain, x, 0))
-        before = np.where(first > 0, cs[first - 1], 0)  # the running sum up to each string
-        runs[chain] = (cs - np.repeat(before, per_str))[chain]
+    # a number: 5-bit digits, least significant first; the last one's top bit is the sign
+    x = (c[stops] & np.uint8(31) ^ np.uint8(16)).astype(np.int64) - 16
+    multi = np.flatnonzero((digits > 1) & (digits <= _MAX_DIGITS))
+    if multi.size:
+        st, dg = starts[multi], digits[multi]
+        v = x[multi] << (5 * (dg - 1))
+        for k in range(int(dg.max()) - 1):
+            more = dg - 1 > k
+            v[more] += (c[st[more] + k] & np.uint8(31)).astype(np.int64) << (5 * k)
+        x[multi] = v
+    # run m of a string is x[m] + run m - 2, from m = 3 on: running sums over every other
+    # number (odd m; even m from 2), taken as running sums over every other array place
+    y = x.copy()
+    y[first] = 0
+    sums = np.empty_like(y)
+    sums[0::2], sums[1::2] = np.cumsum(y[0::2]), np.cumsum(y[1::2])
+    # what precedes each string in the running sum of its same-place and other-place numbers
+    prev1 = np.where(first >= 1, sums[np.maximum(first - 1, 0)], 0)
+    prev2 = np.where(first >= 2, sums[np.maximum(first - 2, 0)], 0)
+    odd_m = ((np.arange(len(x)) - np.repeat(first, per_str)) & 1).astype(bool)
+    runs = sums - np.where(odd_m, np.repeat(prev1, per_str), np.repeat(prev2, per_str))
+    runs[first] = x[first]
     if (runs < 0).any():
         ok &= ~np.logical_or.reduceat(runs < 0, first)
     ok &= np.add.reduceat(runs, first) == np.asarray(sizes, dtype=np.int64)
@@ -262,7 +270,7 @@ def _precision(engine: str, gt: Dataset, gt_anns: list[dict], dt_anns: list[dict
     """COCOeval's ``precision`` [T, R, K, A, M] (-1 where a category has no ground truth) for
     IoU thresholds ``thrs``, categories ``cat_ids``, areas all / small / large, 100 detections."""
     if engine == "faster-coco-eval":
-        COCO, COCOeval, _ = _import_faster()
+        COCO, COCOeval = _import_faster()
         # one thread: IoUs in a pool of threads are slower on 2 cores than in a loop
         options: dict[str, Any] = {"print_function": _silent, "rle_iou_max_workers": 1}
     else:
@@ -333,10 +341,8 @@ def evaluate(gt: Dataset, preds: list[dict] | Dataset, *, iou_thrs=(0.25, 0.5, 0
             raise WsisError(f"IoU threshold {t} is not in (0, 1]")
     thrs = np.array(sorted(set(user_thrs) | set(STANDARD_IOU_THRS.tolist())))
 
-    if engine == "faster-coco-eval":
-        mask_utils = _import_faster()[2]
-    else:
-        from pycocotools import mask as mask_utils
+    from pycocotools import mask as mask_utils  # its IoUs are faster than faster-coco-eval's
+
     gt_anns = _gt_anns(gt, iou_type, mask_utils)
     dt_anns = _dt_anns(records, iou_type, mask_utils)
     cat_ids = sorted(gt.category_by_id)
