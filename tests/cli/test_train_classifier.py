@@ -117,3 +117,15 @@ def test_help(runner):
     for opt in ("--backbone", "--weights", "--epochs", "--batch-size", "--lr", "--size", "--device", "--amp",
                 "--workers", "--resume", "--seed"):
         assert opt in text
+
+
+def test_threads_option_sets_torch_threads_for_the_run_only(runner, synth_ilc, tmp_path):
+    before = torch.get_num_threads()
+    out = tmp_path / "t.pt"
+    r = train(runner, synth_ilc, "--epochs", 1, "--out", out, "--device", "cpu", "--threads", 2)
+    assert r.exit_code == 0, r.output
+    assert "on cpu (2 threads)" in r.stderr and "img/s, loading" in r.stderr
+    assert torch.load(out, weights_only=True)["history"][0]["threads"] == 2
+    assert torch.get_num_threads() == before  # the caller's setting comes back
+    r = train(runner, synth_ilc, "--epochs", 1, "--out", tmp_path / "u.pt", "--threads", -1)
+    assert r.exit_code == 2 and "--threads" in r.output

@@ -3,6 +3,7 @@ box-only training, resume, and the usage and input errors."""
 
 import contextlib
 import json
+import re
 import urllib.error
 
 import pytest
@@ -66,8 +67,8 @@ def test_run_folder(runner, synth, tmp_path):
     r = train(runner, synth, "--out", run, "--epochs", 3, "--keep-epochs", 2, "--batch-size", 2, "--seed", 3)
     assert r.exit_code == 0, r.output
     assert r.stdout == ""  # nothing on stdout
-    assert "training maskrcnn resnet18 (weights: none) on 3 images, 2 classes, on cpu: 2 iterations per epoch" \
-        in r.stderr
+    assert re.search(r"training maskrcnn resnet18 \(weights: none\) on 3 images, 2 classes, on cpu \(\d+ threads?\): "
+                     r"2 iterations per epoch", r.stderr), r.stderr
     assert "epoch 3/3 (seg): loss " in r.stderr and f"wrote {run}: 3 epochs, loss " in r.stderr
     assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json", "epochs", "last.pt", "metrics.jsonl"]
     assert sorted(p.name for p in (run / "epochs").iterdir()) == ["epoch-002.pt", "epoch-003.pt"]  # --keep-epochs 2
@@ -86,6 +87,7 @@ def test_run_folder(runner, synth, tmp_path):
     assert [m["epoch"] for m in lines] == [1, 2, 3] and {m["phase"] for m in lines} == {"seg"}
     for m in lines:
         assert m["loss"] > 0 and m["images_per_s"] > 0 and m["images"] == 3
+        assert 0 <= m["load_share"] <= 1 and m["threads"] >= 1  # how much of the epoch waited for data
         assert m["loss"] == pytest.approx(sum(m["losses"].values()), abs=1e-5)
         assert set(m["losses"]) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
                                     "loss_rpn_box_reg"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -111,8 +113,9 @@ def test_resume_is_exact(synth6, tmp_path, kill):
     assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
     for k, state in a["optimizer"]["state"].items():
         _same_state(state, b["optimizer"]["state"][k])
-    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in a["history"]]
-    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in b["history"]]
+    timing = ("seconds", "images_per_s", "load_share")
+    strip = [{k: v for k, v in h.items() if k not in timing} for h in a["history"]]
+    assert strip == [{k: v for k, v in h.items() if k not in timing} for h in b["history"]]
     assert a["epoch"] == b["epoch"] == 2
 
     said = []
@@ -126,7 +129,8 @@ def test_checkpoint_format_and_load_classifier(synth6, tmp_path):
     said = []
     summary = train_classifier(ds, images, ClassifierConfig(epochs=1, amp=True, **TINY), out=out, log=said.append)
     assert said[0] == "warning: --amp needs CUDA; training in float32 on cpu"
-    assert said[1] == "training resnet18 (weights: none) on 6 images, 4 classes, on cpu: 2 iterations per epoch"
+    assert re.fullmatch(r"training resnet18 \(weights: none\) on 6 images, 4 classes, on cpu \(\d+ threads?\): "
+                        r"2 iterations per epoch", said[1]), said[1]
     assert said[2].startswith("epoch 1/1: loss ")
     assert summary["iterations"] == 2 and summary["resumed_from"] is None
     ck = torch.load(out, map_location="cpu", weights_only=True)
@@ -134,7 +138,7 @@ def test_checkpoint_format_and_load_classifier(synth6, tmp_path):
     assert ck["config"] == {"backbone": "resnet18", "num_classes": 4, "category_ids": [1, 2, 3, 4],
                             "category_names": ["disc", "box", "triangle", "star"], "size": 64, "peak_kernel": 3}
     assert ck["train"]["weights"] == "none" and ck["train"]["batch_size"] == 4 and ck["scaler"] is None
-    assert set(ck["history"][0]) == {"epoch", "loss", "accuracy", "seconds"}
+    assert set(ck["history"][0]) == {"epoch", "loss", "accuracy", "seconds", "images_per_s", "load_share", "threads"}
     assert 0.0 <= ck["history"][0]["accuracy"] <= 1.0
     model, config = load_classifier(out)
     assert not model.training and config == ck["config"]

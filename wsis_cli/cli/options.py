@@ -102,3 +102,6 @@ Device = Annotated[str, typer.Option("--device", callback=_check_device,
                                      help="auto (CUDA when present), cpu, cuda or cuda:N.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace what --out holds (a run, a checkpoint, a "
                                                              "dataset folder) instead of refusing to.")]
+Threads = Annotated[int | None, typer.Option("--threads", min=0, help="torch CPU threads (default: half the cores, "
+                                                                     "which keeps a shared machine responsive; 0: "
+                                                                     "one per core, torch's own default).")]

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from wsis_cli.cli.io import cli_errors, info, progress_bar
-from wsis_cli.cli.options import Device, ImagesDir, Overwrite, Seed
+from wsis_cli.cli.options import Device, ImagesDir, Overwrite, Seed, Threads
 from wsis_cli.models import CLASSIFIER_BACKBONES, DETECTOR_BACKBONES, IOU_TARGETS
 
 app = typer.Typer(help="Train models.", no_args_is_help=True)
@@ -39,6 +39,7 @@ def classifier(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint at --out if it exists "
                                                           "(same options; --epochs may grow).")] = False,
     overwrite: Overwrite = False,
+    threads: Threads = None,
     seed: Seed = 0,
 ) -> None:
     """Train a peak-stimulated classifier (PRM) on image-level labels; PRM pseudo-labels use it.
@@ -62,7 +63,7 @@ def classifier(
     resolve_weights(weights)  # a missing --weights file fails before any work
     ds = load_dataset(labels)
     cfg = ClassifierConfig(backbone=backbone, weights=weights, size=size, epochs=epochs, batch_size=batch_size,
-                           lr=lr, amp=amp, seed=seed, workers=workers)
+                           lr=lr, amp=amp, seed=seed, workers=workers, threads=threads)
     with progress_bar("training", unit="it") as progress:
         summary = train_classifier(ds, images, cfg, out=out, device=dev, resume=resume, overwrite=overwrite,
                                    progress=progress, log=info)
@@ -125,6 +126,7 @@ def maskrcnn(
                                                 help="Continue the run in this folder from its last.pt (same options; "
                                                      "--epochs may grow).")] = None,
     overwrite: Overwrite = False,
+    threads: Threads = None,
     seed: Seed = 0,
 ) -> None:
     """Train a Mask R-CNN (or a Faster R-CNN with --boxes-only) on any mix of masks and boxes.
@@ -166,7 +168,7 @@ def maskrcnn(
                          scale_jitter=scale_jitter, amp=amp, seed=seed, workers=workers, only_valid=only_valid,
                          boxes_only=boxes_only, iou_head=iou_head, iou_target=iou_target, iou_epochs=iou_epochs,
                          iou_lr=iou_lr, fpn_channels=fpn_channels, head_channels=head_channels,
-                         keep_epochs=keep_epochs)
+                         keep_epochs=keep_epochs, threads=threads)
     with progress_bar("training", unit="it") as progress:
         summary = train_detector(ds, images, cfg, run=run, device=dev, resume=resume is not None, overwrite=overwrite,
                                  val=val_pair, progress=progress, log=info)

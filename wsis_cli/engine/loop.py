@@ -9,6 +9,7 @@ epoch)``), a ``step(batch)`` that returns the batch's losses, and ``set_lr(itera
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from contextlib import contextmanager
@@ -19,8 +20,11 @@ import torch
 
 from wsis_cli.errors import WsisError
 
-__all__ = ["FailedSample", "checked_collate", "make_loader", "amp_on", "make_scaler", "EpochResult", "train_epoch",
-           "interrupt_note", "Step"]
+__all__ = ["FailedSample", "checked_collate", "make_loader", "prefetched", "amp_on", "make_scaler", "EpochResult",
+           "train_epoch", "interrupt_note", "Step", "default_threads", "set_threads",
+           "keeps_torch_threads"]
+
+_END = object()
 
 # step(batch) -> (losses by name, images in the batch, extra counts to sum over the epoch)
 Step = Callable[[Any], "tuple[dict[str, torch.Tensor], int, dict[str, float]]"]
@@ -47,10 +51,94 @@ def checked_collate(collate: Callable[[list], Any]) -> Callable[[list], Any]:
 
 
 def make_loader(dataset: torch.utils.data.Dataset, batches: list[list], *, collate: Callable[[list], Any],
-                workers: int, device: torch.device) -> torch.utils.data.DataLoader:
-    """A DataLoader that yields exactly ``batches`` (lists of item keys), in order."""
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=checked_collate(collate),
-                                       num_workers=workers, pin_memory=device.type == "cuda")
+                workers: int, device: torch.device) -> Iterable:
+    """The batches of ``batches`` (lists of item keys), in order: a DataLoader, whose worker
+    processes load ahead; without workers, read ahead on a thread (:func:`prefetched`)."""
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=checked_collate(collate),
+                                         num_workers=workers, pin_memory=device.type == "cuda")
+    return loader if workers > 0 else prefetched(loader)
+
+
+def prefetched(batches: Iterable, depth: int = 2) -> Iterator:
+    """``batches`` read ``depth`` ahead on a background thread, so that loading (image decoding
+    releases the GIL) overlaps the step when the DataLoader has no worker processes. The order and
+    the items are those of ``batches``; an error in loading is raised where its batch would be."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def fill() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        q.put(("ok", batch), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(("ok", done))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            q.put(("error", e))
+
+    thread = threading.Thread(target=fill, name="wsis-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = q.get()
+            if kind == "error":
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def default_threads(device: torch.device) -> int:
+    """torch's CPU threads when ``--threads`` is not given: half the cores this process may use
+    (at least one), leaving the rest to loading and to the other jobs of a shared machine (two
+    runs at two threads each on two cores ran at a third of their idle speed, one thread each at
+    about twice that: benchmarks/RESULTS.md). On CUDA, torch's default."""
+    import os
+
+    if device.type == "cuda":
+        return torch.get_num_threads()
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // 2)
+
+
+def set_threads(threads: int | None, device: torch.device) -> int:
+    """Set torch's CPU threads (``None``: :func:`default_threads`; 0: torch's own default, one
+    per core) and return how many it uses."""
+    if threads is None:
+        threads = default_threads(device)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def keeps_torch_threads(fn: Callable) -> Callable:
+    """``fn`` may set torch's CPU threads (:func:`set_threads`); the caller gets its own back."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        before = torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return wrapper
 
 
 def amp_on(amp: bool, device: torch.device, say: Callable[[str], None]) -> bool:
@@ -78,6 +166,11 @@ class EpochResult:
     extras: dict[str, float] = field(default_factory=dict)
     lr: float | None = None
     seconds: float = 0.0
+    load_seconds: float = 0.0  # of ``seconds``, how long the steps waited for their batches
+
+    @property
+    def load_share(self) -> float:
+        return self.load_seconds / self.seconds if self.seconds > 0 else 0.0
 
 
 def train_epoch(batches: Iterable, step: Step, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, *,
@@ -92,7 +185,13 @@ def train_epoch(batches: Iterable, step: Step, optimizer: torch.optim.Optimizer,
     step."""
     t0 = time.perf_counter()
     out = EpochResult()
-    for b, batch in enumerate(batches):
+    batches = iter(batches)
+    for b in itertools.count():
+        wait = time.perf_counter()
+        batch = next(batches, _END)
+        out.load_seconds += time.perf_counter() - wait
+        if batch is _END:
+            break
         if isinstance(batch, FailedSample):
             raise WsisError(batch.message)
         it = first_iter + b

@@ -34,7 +34,8 @@ from wsis_cli import __version__
 from wsis_cli.coco import Dataset
 from wsis_cli.engine.checkpoint import damaged_checkpoint, load_checkpoint, load_model, save_checkpoint
 from wsis_cli.engine.device import resolve_device
-from wsis_cli.engine.loop import FailedSample, amp_on, interrupt_note, make_loader, make_scaler, train_epoch
+from wsis_cli.engine.loop import (FailedSample, amp_on, interrupt_note, keeps_torch_threads, make_loader,
+                                  make_scaler, set_threads, train_epoch)
 from wsis_cli.engine.rng import keyed_rng, torch_seed
 from wsis_cli.engine.runs import check_resume
 from wsis_cli.errors import WsisError
@@ -77,6 +78,7 @@ class ClassifierConfig:
     peak_kernel: int = 3        # window of the local maxima that peak stimulation pools
     seed: int = 0
     workers: int = 0            # DataLoader worker processes (0: load in this process)
+    threads: int | None = None  # torch CPU threads (None: loop.default_threads; 0: torch's default)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -225,6 +227,7 @@ def _model_and_optimizer(ds: Dataset, cfg: ClassifierConfig, state: dict | None,
     return model, optimizer, make_scaler(use_amp, state.get("scaler") if state is not None else None)
 
 
+@keeps_torch_threads
 def train_classifier(
     ds: Dataset,
     images_dir: str | os.PathLike,
@@ -253,6 +256,7 @@ def train_classifier(
     _check_out(out, resume=resume, overwrite=overwrite)
     dev = resolve_device(device) if isinstance(device, str) else device
     use_amp = amp_on(cfg.amp, dev, say)
+    threads = set_threads(cfg.threads, dev)
     config, train = _records(ds, cfg, labels)
     state = _resume_state(out, cfg, config, train, say) if resume else None
     start, history = (int(state["epoch"]), list(state["history"])) if state is not None else (0, [])
@@ -266,7 +270,8 @@ def train_classifier(
     iters = math.ceil(len(paths) / cfg.batch_size)
     total = cfg.epochs * iters
     say(f"training {cfg.backbone} (weights: {cfg.weights}) on {len(paths)} images, {len(ds.categories)} classes, "
-        f"on {dev}: {iters} iterations per epoch")
+        f"on {dev}{f' ({threads} thread' + 's' * (threads != 1) + ')' if dev.type == 'cpu' else ''}: "
+        f"{iters} iterations per epoch")
 
     def set_lr(it: int) -> float:
         for group in optimizer.param_groups:
@@ -291,14 +296,17 @@ def train_classifier(
             r = train_epoch(loader, step, optimizer, scaler, set_lr=set_lr, epoch=epoch, first_iter=epoch * iters,
                             total_iters=total, use_amp=use_amp, device=dev, hint="lower --lr", progress=progress)
             record = {"epoch": epoch + 1, "loss": r.sums["loss"] / r.seen,
-                      "accuracy": r.extras["right"] / max(r.extras["labels"], 1), "seconds": round(r.seconds, 3)}
+                      "accuracy": r.extras["right"] / max(r.extras["labels"], 1), "seconds": round(r.seconds, 3),
+                      "images_per_s": round(r.seen / max(r.seconds, 1e-9), 3), "load_share": round(r.load_share, 4),
+                      "threads": threads}
             history.append(record)
             save_checkpoint(out, {
                 "format": FORMAT, "version": VERSION, "wsis_version": __version__, "config": config, "train": train,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if use_amp else None, "epoch": epoch + 1, "history": history})
             say(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f}, accuracy {record['accuracy']:.3f}, "
-                f"{record['seconds']:.1f} s")
+                f"{record['seconds']:.1f} s, {record['images_per_s']:.1f} img/s, loading "
+                f"{100 * record['load_share']:.0f}% of the time")
     return {"out": str(out), "epochs": cfg.epochs, "iterations": (cfg.epochs - start) * iters,
             "resumed_from": start or None, "history": history}
 

@@ -40,7 +40,8 @@ from wsis_cli.engine.detection_data import (
 )
 from wsis_cli.engine.device import resolve_device
 from wsis_cli.engine.distributed import DistContext, dist_context
-from wsis_cli.engine.loop import amp_on, interrupt_note, make_loader, make_scaler, train_epoch
+from wsis_cli.engine.loop import (amp_on, interrupt_note, keeps_torch_threads, make_loader, make_scaler, set_threads,
+                                  train_epoch)
 from wsis_cli.engine.predictor import Predictor
 from wsis_cli.engine.rng import torch_seed
 from wsis_cli.engine.runs import EpochWriter, check_resume, commit_epoch, prepare_run, snapshot
@@ -85,6 +86,7 @@ class DetectorConfig:
     fpn_channels: int = 256
     head_channels: int = 1024
     keep_epochs: int = 3            # per-epoch model files kept (-1: all, 0: none)
+    threads: int | None = None      # torch CPU threads (None: loop.default_threads; 0: torch's default)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -181,6 +183,7 @@ class _Run:
     dev: torch.device
     use_amp: bool
     say: Callable[[str], None]
+    threads: int
 
 
 def _setup(ds, images_dir, cfg: DetectorConfig, run: Path, device, resume: bool, overwrite: bool, val,
@@ -193,6 +196,7 @@ def _setup(ds, images_dir, cfg: DetectorConfig, run: Path, device, resume: bool,
     if not ctx.main:
         say = lambda _msg: None  # noqa: E731 - only rank 0 talks
     use_amp = amp_on(cfg.amp, dev, say)
+    threads = set_threads(cfg.threads, dev)
     data = training_set(ds, images_dir, only_valid=cfg.only_valid, boxes_only=cfg.boxes_only)
     for what, n in data.skipped.items():
         if n:
@@ -205,7 +209,7 @@ def _setup(ds, images_dir, cfg: DetectorConfig, run: Path, device, resume: bool,
     train = {k: getattr(cfg, k) for k in TRAIN_KEYS}
     train.update(epochs=cfg.epochs, data=data.fingerprint(), world_size=ctx.world, keep_epochs=cfg.keep_epochs,
                  workers=cfg.workers)
-    r = _Run(run, data, config, train, ctx, dev, use_amp, say)
+    r = _Run(run, data, config, train, ctx, dev, use_amp, say, threads)
     state = prepare_run(run, kind=FORMAT, resume=resume, overwrite=overwrite, main=ctx.main, say=say)
     if state is not None:
         check_resume(state, run=run, version=VERSION, config=config, train=train, model_keys=MODEL_KEYS,
@@ -241,6 +245,7 @@ def _model(r: _Run, cfg: DetectorConfig, state: dict | None) -> tuple[torch.nn.M
     return model, frozen
 
 
+@keeps_torch_threads
 def train_detector(
     ds: Dataset,
     images_dir: str | os.PathLike,
@@ -270,6 +275,7 @@ def train_detector(
                                   world=r.ctx.world))
     r.say(f"training {r.config['architecture']} {cfg.backbone} (weights: {cfg.weights}) on {len(r.data.images)} "
           f"images, {r.config['num_classes']} classes, on {r.dev}"
+          f"{f' ({r.threads} thread' + 's' * (r.threads != 1) + ')' if r.dev.type == 'cpu' else ''}"
           f"{f' x {r.ctx.world} processes' if r.ctx.world > 1 else ''}: {per_epoch} iterations per epoch")
     writer = EpochWriter()
     note = f"interrupted: {r.path} holds {{}} of {cfg.total_epochs} epochs; rerun with --resume to continue"
@@ -355,7 +361,8 @@ def _record(r: _Run, result, epoch: int, phase: str) -> dict:
             "loss": round(sum(totals[:-1]) / n, 6),
             "losses": {k: round(v / n, 6) for k, v in zip(keys, totals[:-1])},
             "images": int(totals[-1]), "seconds": round(result.seconds, 3),
-            "images_per_s": round(totals[-1] / max(result.seconds, 1e-9), 3)}
+            "images_per_s": round(totals[-1] / max(result.seconds, 1e-9), 3),
+            "load_share": round(result.load_share, 4), "threads": r.threads}
 
 
 def _update_best(best: dict, record: dict, phase: str, *, final: bool, validated: bool) -> bool:
@@ -384,4 +391,4 @@ def _commit(r: _Run, cfg: DetectorConfig, model, phase: _Phase, epoch: int, hist
                                        write_best=write_best, keep=cfg.keep_epochs, record=record))
     extra = f", val mAP@0.5 {record['val_map50']:.3f}" if record.get("val_map50") is not None else ""
     r.say(f"epoch {epoch + 1}/{cfg.total_epochs} ({phase.name}): loss {record['loss']:.4f}{extra}, "
-          f"{record['images_per_s']:.1f} img/s")
+          f"{record['images_per_s']:.1f} img/s, loading {100 * record['load_share']:.0f}% of the time")
