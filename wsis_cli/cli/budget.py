@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from wsis_cli.cli.io import cli_errors, write_output
-from wsis_cli.cli.options import JsonFlag
+from wsis_cli.cli.options import JsonFlag, Quiet
 
 
 @cli_errors
@@ -25,6 +25,7 @@ def budget(
     t_count: Annotated[float, typer.Option("--t-count", help="Seconds to count one present class.")] = 1.48,
     t_mask: Annotated[float, typer.Option("--t-mask", help="Seconds to draw one mask.")] = 79.0,
     t_box: Annotated[float, typer.Option("--t-box", help="Seconds to click one box.")] = 7.0,
+    quiet: Quiet = False,
 ) -> None:
     """Annotation cost in seconds, hours and days (the mask-guided paper's Table 1 model).
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from wsis_cli.cli.io import cli_errors, info, progress_bar, warn, write_output
-from wsis_cli.cli.options import Out, Overwrite, Seed, image_ids
+from wsis_cli.cli.options import Out, Overwrite, Quiet, Seed, image_ids
 
 app = typer.Typer(help="Make, convert, weaken and split COCO datasets.", no_args_is_help=True)
 
@@ -22,6 +22,7 @@ def synth(
     classes: Annotated[int, typer.Option("--classes", min=1, max=4, help="Number of shape classes (disc, box, triangle, star).")] = 4,
     overwrite: Overwrite = False,
     seed: Seed = 0,
+    quiet: Quiet = False,
 ) -> None:
     """Synthesise a demo set: textured shapes on textured backgrounds, with full masks."""
     from wsis_cli.coco import provenance
@@ -42,6 +43,7 @@ def weaken(
     gt: Annotated[str, typer.Argument(help="Fully annotated COCO dataset; '-' = stdin.")],
     to: Annotated[str, typer.Option("--to", help="Target supervision: box, ilc (image labels + counts) or il (image labels).")],
     out: Out = "-",
+    quiet: Quiet = False,
 ) -> None:
     """Strip a dataset to box, image-level-with-counts or image-level labels (ids kept)."""
     from wsis_cli.coco import load_dataset, provenance
@@ -61,6 +63,7 @@ def voc(
     root: Annotated[Path, typer.Argument(help="VOC 2012 root (JPEGImages, SegmentationObject, ...) or SBD root (img, inst).")],
     split: Annotated[str, typer.Option("--split", help="train or val (any split list in the tree).")] = "train",
     out: Out = "-",
+    quiet: Quiet = False,
 ) -> None:
     """Convert PASCAL VOC 2012 / SBD instance annotations to COCO (255 = void, in no mask)."""
     from wsis_cli.coco import provenance
@@ -82,6 +85,7 @@ def subset(
     complement: Annotated[bool, typer.Option("--complement", help="Keep every image except those chosen.")] = False,
     seed: Seed = 0,
     out: Out = "-",
+    quiet: Quiet = False,
 ) -> None:
     """A subset of a dataset by image ids (or K random images), annotations included."""
     from wsis_cli.coco import display_name, load_dataset, provenance
@@ -108,6 +112,7 @@ def merge(
     renumber: Annotated[bool, typer.Option("--renumber", help="Number the annotations 1..N in input order instead "
                                                               "of matching them by id (e.g. strong masks + "
                                                               "pseudo-labels, whose ids clash).")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Join datasets (e.g. `--shard K/N` outputs): ids kept, images and annotations by id,
     an id with two different records is an error (with --renumber, annotations get new ids)."""

@@ -6,9 +6,8 @@ from typing import Annotated
 
 import typer
 
-from wsis_cli.cli.io import cli_errors, write_output
-from wsis_cli.cli.options import JsonFlag
-from wsis_cli.cli.options import parse_floats
+from wsis_cli.cli.io import cli_errors, progress_bar, write_output
+from wsis_cli.cli.options import JsonFlag, Quiet, parse_floats
 
 
 @cli_errors
@@ -19,6 +18,7 @@ def evaluate(
     per_class: Annotated[bool, typer.Option("--per-class", help="Also report AP@0.5 per category.")] = False,
     as_json: JsonFlag = False,
     out: Annotated[str | None, typer.Option("--out", "-o", help="Also write the JSON record to this file.")] = None,
+    quiet: Quiet = False,
 ) -> None:
     """Score predicted masks (or boxes) against ground truth (a table on stderr; JSON with --json/--out).
 
@@ -32,7 +32,9 @@ def evaluate(
     gt_ds = load_dataset(gt)
     fill_areas(gt_ds)
     preds = load_predictions(pred)
-    rec = compute(gt_ds, preds, iou_thrs=thrs, per_class=per_class, pred_path=display_name(pred))
+    with progress_bar("evaluating", unit="stage") as progress:
+        rec = compute(gt_ds, preds, iou_thrs=thrs, per_class=per_class, pred_path=display_name(pred),
+                      progress=progress)
     rec["info"] = {"wsis": provenance("evaluate", {"gt": gt, "pred": pred, "iou_thrs": thrs, "per_class": per_class})}
     if out:
         write_output(out, rec, indent=2)

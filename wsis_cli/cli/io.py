@@ -22,11 +22,17 @@ def fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
+_quiet = False  # --quiet: no progress bars and no informational lines (warnings and errors stay)
+
+
 def cli_errors(fn: Callable) -> Callable:
-    """Turn the core's WsisError (and unreadable/unwritable files) into one line and exit 1."""
+    """Turn the core's WsisError (and unreadable/unwritable files) into one line and exit 1; a
+    verb's ``--quiet`` takes effect here, before it runs."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        global _quiet
+        _quiet = bool(kwargs.get("quiet", False))
         try:
             return fn(*args, **kwargs)
         except WsisError as e:
@@ -43,7 +49,8 @@ def warn(message: str) -> None:
 
 
 def info(message: str) -> None:
-    err_console.print(message)
+    if not _quiet:
+        err_console.print(message)
 
 
 @contextmanager
@@ -53,11 +60,14 @@ def progress_bar(description: str, unit: str = "img") -> Iterator[Callable[[int,
     done."""
     import time
 
+    if _quiet or not err_console.is_terminal:  # nothing to draw: not even rich.progress is imported
+        yield lambda done, total: None
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-                  console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
+                  console=err_console, transient=True) as bar:
         task = bar.add_task(description, total=None, rate="")
         start: list[float] = []  # (time, done) of the first report
 

@@ -105,3 +105,5 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace what --out
 Threads = Annotated[int | None, typer.Option("--threads", min=0, help="torch CPU threads (default: half the cores, "
                                                                      "which keeps a shared machine responsive; 0: "
                                                                      "one per core, torch's own default).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary lines on stderr (warnings "
+                                                           "and errors are still shown).")]

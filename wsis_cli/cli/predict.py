@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from wsis_cli.cli.io import cli_errors, info, progress_bar, write_output
-from wsis_cli.cli.options import Device, ImagesDir, Out, Seed
+from wsis_cli.cli.options import Device, ImagesDir, Out, Quiet, Seed
 
 
 @cli_errors
@@ -30,6 +30,7 @@ def predict(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1,
     device: Device = "auto",
     seed: Seed = 0,
+    quiet: Quiet = False,
 ) -> None:
     """Instance masks (compressed RLE), boxes and scores for every image, as a COCO results list;
     `iou` (the predicted mask IoU) too when the model has the IoU head."""

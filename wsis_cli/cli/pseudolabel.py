@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from wsis_cli.cli.io import cli_errors, info, progress_bar, warn, write_output
-from wsis_cli.cli.options import Device, ImagesDir, Out, Resume, Seed, Shard, Workers, choice, options_config
+from wsis_cli.cli.options import (Device, ImagesDir, Out, Quiet, Resume, Seed, Shard, Workers, choice,
+                                  options_config)
 
 app = typer.Typer(help="Make instance masks (pseudo-labels) from weak labels.", no_args_is_help=True)
 
@@ -32,6 +33,7 @@ def grabcut(
     resume: Resume = False,
     shard: Shard = None,
     seed: Seed = 0,
+    quiet: Quiet = False,
 ) -> None:
     """GrabCut in every box; invalid masks (bbox IoU < --valid-iou) become the fallback ellipse.
 
@@ -83,6 +85,7 @@ def prm(
     device: Device = "auto",
     shard: Shard = None,
     seed: Seed = 0,
+    quiet: Quiet = False,
 ) -> None:
     """One instance per class peak: peak response maps -> masks (Zhou et al. 2018).
 
@@ -116,6 +119,7 @@ def ccgr(
     stop: Annotated[str, typer.Option("--stop", help="split (stop between two points of a class, by box size) or point (the paper: stop at the other point).")] = "split",
     mask_thr: Annotated[float, typer.Option("--mask-thr", min=0.0, max=1.0, help="Mask = score map > this inside the refined box.")] = 0.5,
     seed: Seed = 0,
+    quiet: Quiet = False,
 ) -> None:
     """Center-context-gap refinement: move every box onto its object in the class score map.
 
@@ -151,6 +155,7 @@ def net(
                                              help="IL labels (no count): keep detections scoring at least this.")
                          ] = 0.05,
     device: Device = "auto",
+    quiet: Quiet = False,
 ) -> None:
     """Pseudo-label a weak pool with a trained model (BASIS annotation network).
 

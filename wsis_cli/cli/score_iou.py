@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from wsis_cli.cli.io import cli_errors, info, progress_bar, warn, write_output
-from wsis_cli.cli.options import Device, Out
+from wsis_cli.cli.options import Device, Out, Quiet
 
 
 @cli_errors
@@ -26,6 +26,7 @@ def score_iou(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass (with --model; as predict's, so the instances match).")] = 1,
     rank: Annotated[str, typer.Option("--rank", help="With IL+C labels in --dataset: keep each class's k best "
                                                      "detections by score or by iou (as pseudolabel net).")] = "score",
+    quiet: Quiet = False,
 ) -> None:
     """Mask IoU per instance and per image (the mean over its instances), as `wsis select` reads.
 

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from wsis_cli.cli.io import cli_errors, info, write_output
-from wsis_cli.cli.options import Out, Seed, parse_floats
+from wsis_cli.cli.options import Out, Quiet, Seed, parse_floats
 
 
 @cli_errors
@@ -19,6 +19,7 @@ def select(
     exclude: Annotated[str | None, typer.Option("--exclude", help="COCO dataset whose images are never selected (already strong).")] = None,
     seed: Seed = 0,
     out: Out = "-",
+    quiet: Quiet = False,
 ) -> None:
     """Select images to send to annotators: by default the n whose score is closest to β."""
     import numpy as np

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from wsis_cli.cli.io import cli_errors, info, progress_bar
-from wsis_cli.cli.options import ImagesDir, image_ids
+from wsis_cli.cli.options import ImagesDir, Quiet, image_ids
 
 
 @cli_errors
@@ -18,6 +18,7 @@ def show(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for <image id>.png overlays and contact_sheet.png.")],
     ids: Annotated[str | None, typer.Option("--ids", help="Only these image ids: comma-separated, or a file (as for `data subset --ids`).")] = None,
     max_images: Annotated[int, typer.Option("--max", min=1, help="At most this many images.")] = 50,
+    quiet: Quiet = False,
 ) -> None:
     """Draw masks (per-instance colours), boxes and class names on the images; fallback
     (invalid GrabCut) masks are hatched with dashed outlines. Writes one PNG per image and

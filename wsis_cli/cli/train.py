@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from wsis_cli.cli.io import cli_errors, info, progress_bar
-from wsis_cli.cli.options import Device, ImagesDir, Overwrite, Seed, Threads
+from wsis_cli.cli.options import Device, ImagesDir, Overwrite, Quiet, Seed, Threads
 from wsis_cli.models import CLASSIFIER_BACKBONES, DETECTOR_BACKBONES, IOU_TARGETS
 
 app = typer.Typer(help="Train models.", no_args_is_help=True)
@@ -41,6 +41,7 @@ def classifier(
     overwrite: Overwrite = False,
     threads: Threads = None,
     seed: Seed = 0,
+    quiet: Quiet = False,
 ) -> None:
     """Train a peak-stimulated classifier (PRM) on image-level labels; PRM pseudo-labels use it.
 
@@ -128,6 +129,7 @@ def maskrcnn(
     overwrite: Overwrite = False,
     threads: Threads = None,
     seed: Seed = 0,
+    quiet: Quiet = False,
 ) -> None:
     """Train a Mask R-CNN (or a Faster R-CNN with --boxes-only) on any mix of masks and boxes.
 

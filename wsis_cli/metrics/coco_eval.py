@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -325,11 +325,14 @@ def _abo(gt_anns: list[dict], dt_anns: list[dict], mask_utils) -> float | None:
 
 
 def evaluate(gt: Dataset, preds: list[dict] | Dataset, *, iou_thrs=(0.25, 0.5, 0.75),
-             per_class: bool = False, pred_path: str = "<predictions>", engine: str | None = None) -> dict:
+             per_class: bool = False, pred_path: str = "<predictions>", engine: str | None = None,
+             progress: Callable[[int, int], None] | None = None) -> dict:
     """Score predictions against ``gt``; see the module docstring for the keys.
 
-    ``engine``: one of :data:`ENGINES`; None takes :func:`default_engine`.
+    ``engine``: one of :data:`ENGINES`; None takes :func:`default_engine`. ``progress(done, 4)``
+    after each stage: predictions checked, masks encoded, matched and accumulated, ABO.
     """
+    step = progress or (lambda done, total: None)
     if engine is None:
         engine = default_engine()
     elif engine not in ENGINES:
@@ -343,10 +346,13 @@ def evaluate(gt: Dataset, preds: list[dict] | Dataset, *, iou_thrs=(0.25, 0.5, 0
 
     from pycocotools import mask as mask_utils  # its IoUs are faster than faster-coco-eval's
 
+    step(1, 4)
     gt_anns = _gt_anns(gt, iou_type, mask_utils)
     dt_anns = _dt_anns(records, iou_type, mask_utils)
+    step(2, 4)
     cat_ids = sorted(gt.category_by_id)
     prec = _precision(engine, gt, gt_anns, dt_anns, iou_type, thrs, cat_ids)
+    step(3, 4)
     std = np.isin(thrs, STANDARD_IOU_THRS)
     t_index = {float(t): i for i, t in enumerate(thrs)}
 
@@ -372,4 +378,5 @@ def evaluate(gt: Dataset, preds: list[dict] | Dataset, *, iou_thrs=(0.25, 0.5, 0
              "AP50": _mean_valid(prec[i50, :, k, 0, -1])}
             for k, c in enumerate(cat_ids)
         ]
+    step(4, 4)
     return result
