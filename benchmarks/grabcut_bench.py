@@ -2,6 +2,7 @@
 
     python benchmarks/grabcut_bench.py [--data ../shared/data/coco-mini] [--images 40] [--workers 2]
     python benchmarks/grabcut_bench.py --ablation          # mIoU of each refinement idea, all boxes
+    python benchmarks/grabcut_bench.py --big [--workers 2]  # one 4000x3000 picture, 200 boxes: 1 vs N workers
 
 Boxes are the ground-truth boxes of coco-mini train + val (non-crowd); quality is the mean over
 instances of the mask IoU with the ground-truth mask (mIoU), split at 64x64 px of box area.
@@ -15,6 +16,12 @@ It prints boxes/s of each, the throughput ratio (b)/(a) and both mIoUs.
 
 ``--ablation`` runs (b)'s core on all boxes with one idea changed at a time, plus the filled
 box and the inscribed ellipse, and prints mIoU and time of each.
+
+``--big`` needs no data: it makes one synthetic photograph (``--size``, default 4000x3000, a
+mosaic of `wsis data synth` scenes saved as JPEG) with ``--boxes`` ground-truth boxes (default
+200), runs the verb (`python -m wsis_cli pseudolabel grabcut`, whole process) with
+``--workers 1`` and with ``--workers N``, prints both times and their ratio, and checks the two
+output files are byte-identical.
 """
 
 from __future__ import annotations
@@ -133,6 +140,83 @@ def report(name: str, q: dict, seconds: float | None = None) -> None:
           flush=True)
 
 
+def big_picture(root: Path, width: int, height: int, n_boxes: int, tile: int = 500) -> Path:
+    """``root/images/big.jpg``, a mosaic of synthetic scenes, and ``root/boxes.json`` with the
+    boxes of its first ``n_boxes`` instances (tiles in reading order)."""
+    import json
+
+    from wsis_cli.boxes import mask_to_box
+    from wsis_cli.images import write_image
+    from wsis_cli.synth import make_image
+
+    img, anns = np.zeros((height, width, 3), np.uint8), []
+    for r0 in range(0, height, tile):
+        for c0 in range(0, width, tile):
+            rgb, instances = make_image(np.random.default_rng([7, r0, c0]), size=tile)
+            th, tw = min(tile, height - r0), min(tile, width - c0)
+            img[r0:r0 + th, c0:c0 + tw] = rgb[:th, :tw]
+            for cls, m in instances:
+                x1, y1, x2, y2 = mask_to_box(m[:th, :tw]) if m[:th, :tw].any() else (0, 0, 0, 0)
+                if x2 > x1 and y2 > y1 and len(anns) < n_boxes:
+                    anns.append({"id": len(anns) + 1, "image_id": 1, "category_id": cls + 1, "iscrowd": 0,
+                                 "bbox": [float(c0 + x1), float(r0 + y1), float(x2 - x1), float(y2 - y1)]})
+    if len(anns) < n_boxes:
+        raise SystemExit(f"the mosaic holds only {len(anns)} instances; ask for fewer --boxes or a larger --size")
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    write_image(root / "images" / "big.jpg", img)
+    ds = {"images": [{"id": 1, "file_name": "big.jpg", "width": width, "height": height}], "annotations": anns,
+          "categories": [{"id": k, "name": f"class{k}"} for k in range(1, 5)]}
+    (root / "boxes.json").write_text(json.dumps(ds))
+    return root / "boxes.json"
+
+
+def big(args) -> None:
+    """``--big``: one large picture, ``--workers 1`` against ``--workers N``, the outputs compared."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    width, height = (int(v) for v in args.size.split("x"))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        boxes = big_picture(root, width, height, args.boxes)
+        print(f"one {width}x{height} JPEG, {args.boxes} boxes; load before: {os.getloadavg()[0]:.2f}", flush=True)
+        times = {}
+        for workers in (1, args.workers):
+            cmd = [sys.executable, "-m", "wsis_cli", "pseudolabel", "grabcut", str(boxes), "--images",
+                   str(root / "images"), "--out", str(root / f"w{workers}.json"), "--workers", str(workers), "--quiet"]
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True)
+            times[workers] = time.perf_counter() - t0
+            print(f"--workers {workers}: {times[workers]:6.2f} s  (load after: {os.getloadavg()[0]:.2f})", flush=True)
+        same = (root / "w1.json").read_bytes() == (root / f"w{args.workers}.json").read_bytes()
+        print(f"ratio 1 worker / {args.workers} workers: {times[1] / times[args.workers]:.2f}x; "
+              f"outputs byte-identical: {same}")
+        lib = big_library(boxes, root / "images", args.workers)
+        if not same or not lib:
+            raise SystemExit("the outputs differ")
+
+
+def big_library(boxes: Path, images: Path, workers: int) -> bool:
+    """The library call alone (no interpreter start, dataset load or output write): its times
+    for 1 and ``workers`` workers; whether the two results are the same."""
+    import json
+
+    from wsis_cli.coco import load_dataset
+    from wsis_cli.pseudo.grabcut import GrabCutConfig
+    from wsis_cli.pseudo.grabcut_dataset import pseudolabel_grabcut
+
+    ds, out, times = load_dataset(boxes), {}, {}
+    for w in (1, workers):
+        t0 = time.perf_counter()
+        out[w] = json.dumps(pseudolabel_grabcut(ds, images_dir=images, cfg=GrabCutConfig(), workers=w).to_json())
+        times[w] = time.perf_counter() - t0
+    print(f"library call (pseudolabel_grabcut): --workers 1 {times[1]:.2f} s, --workers {workers} "
+          f"{times[workers]:.2f} s, ratio {times[1] / times[workers]:.2f}x; the same: {out[1] == out[workers]}")
+    return out[1] == out[workers]
+
+
 def main() -> None:
     from wsis_cli.jobs import default_workers
     from wsis_cli.pseudo.grabcut import GrabCutConfig
@@ -143,10 +227,15 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=default_workers())
     ap.add_argument("--ablation", action="store_true")
     ap.add_argument("--only", default="", help="with --ablation: only rows whose name contains this text")
+    ap.add_argument("--big", action="store_true", help="one big synthetic picture: --workers 1 against N")
+    ap.add_argument("--size", default="4000x3000", help="with --big: WIDTHxHEIGHT of the picture")
+    ap.add_argument("--boxes", type=int, default=200, help="with --big: boxes in the picture")
     args = ap.parse_args()
+    print(f"machine: {platform.node()} {platform.machine()}, {default_workers()} cores, python {platform.python_version()}")
+    if args.big:
+        return big(args)
     if not args.data.is_dir():
         raise SystemExit(f"{args.data}: not found (the benchmark needs ../shared/data/coco-mini)")
-    print(f"machine: {platform.node()} {platform.machine()}, {default_workers()} cores, python {platform.python_version()}")
     sets = load(args.data)
     base = GrabCutConfig()  # the verb's defaults (a test keeps the two equal)
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from wsis_cli.errors import WsisError
-from wsis_cli.jobs import (Job, OptionError, ResumeLog, fingerprint, parse_shard, resume_log_path, run_images, run_job,
-                           shard_images)
+from wsis_cli.jobs import (Job, OptionError, Parts, ResumeLog, fingerprint, parse_shard, resume_log_path, run_images,
+                           run_job, shard_images)
 
 
 def test_parse_shard_and_shard_images():
@@ -118,3 +118,64 @@ def test_run_job_removes_an_empty_log_and_keeps_it_when_the_write_fails(tmp_path
     with pytest.raises(WsisError, match="cannot write \\(5 finished images are kept"):
         run_job(counting_job(), out=str(out), resume=False, write=cannot_write)
     assert len(side.read_text().splitlines()) == 1 + 5
+
+
+def total(n):
+    """An "image" of ``n`` boxes, whole: the sum of its box numbers."""
+    return sum(range(n))
+
+
+def piece(arg):
+    """One piece of such an image: its boxes' sum, and which process did it; box 13 of image
+    ``fail`` raises."""
+    import os
+    import time
+
+    boxes, fail = arg
+    time.sleep(0.04)
+    if fail in boxes:
+        raise WsisError(f"box {fail} broke")
+    return sum(boxes), os.getpid()
+
+
+def cut(n, fail=-1, pids=None):
+    """Images of 10 boxes or more go in pieces of 3."""
+    if n < 10:
+        return None
+
+    def join(results):
+        if pids is not None:
+            pids.extend(pid for _, pid in results)
+        return sum(s for s, _ in results)
+
+    return Parts(fn=piece, pieces=[(list(range(a, min(n, a + 3))), fail) for a in range(0, n, 3)], join=join)
+
+
+def test_images_cut_in_parts_give_the_same_results_and_log(tmp_path):
+    import os
+
+    tasks = [(1, 12), (2, 4), (3, 30), (4, 0)]
+    want = {i: total(n) for i, n in tasks}
+    assert run_images(total, tasks, workers=1, split=cut) == want  # in-process: images stay whole
+    log = ResumeLog(tmp_path / "x.resume.jsonl", "run", resume=False)
+    seen = []
+    assert run_images(total, tasks, workers=2, split=cut, log=log, progress=lambda d, t: seen.append((d, t))) == want
+    log.close(remove=False)
+    assert ResumeLog(tmp_path / "x.resume.jsonl", "run", resume=True).done == want  # one record per image, joined
+    assert seen[0] == (0, 4) and seen[-1] == (4, 4)
+    pids = []  # one big image alone still uses the pool: its pieces run in both processes
+    assert run_images(total, [(7, 90)], workers=2, split=lambda n: cut(n, pids=pids)) == {7: total(90)}
+    assert len(pids) == 30 and os.getpid() in pids and set(pids) - {os.getpid()}
+
+
+def test_an_error_in_a_piece_is_one_line_and_stops_the_pool():
+    import multiprocessing as mp
+    import time
+
+    with pytest.raises(WsisError) as e:
+        run_images(total, [(1, 60), (2, 60)], workers=2, split=lambda n: cut(n, fail=13))
+    assert str(e.value) == "box 13 broke"
+    deadline = time.time() + 10
+    while mp.active_children() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not mp.active_children()

@@ -9,8 +9,9 @@ Every per-image verb (``pseudolabel grabcut`` first) uses the same three pieces:
   with the run's fingerprint (verb, options, input), then one line per finished image. With
   ``--resume`` a restarted run skips the images already there; the output is assembled in the
   dataset's order, so it is identical to an uninterrupted run's.
-- :func:`run_images`: maps a top-level function over the images, in a pool of ``workers``
-  processes (in-process for 1), logging each result as it arrives.
+- :func:`run_images`: maps a top-level function over the images on ``workers`` processes (this
+  one and a pool of ``workers - 1``; in-process for 1), logging each result as it arrives; an
+  image the caller cuts into :class:`Parts` (a big one) runs as pieces on all of them, joined here.
 - :func:`run_job`: the life of a resumable run writing one output file: its log is opened
   (refused when an interrupted run's log is there and ``resume`` is off), the run's result
   written, and the log removed on success, kept on an error or an interrupt (with a note saying
@@ -22,14 +23,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterable, TypeVar
 
 from wsis_cli.errors import WsisError
 
-__all__ = ["parse_shard", "shard_images", "fingerprint", "ResumeLog", "run_images", "default_workers",
+__all__ = ["parse_shard", "shard_images", "fingerprint", "ResumeLog", "Parts", "run_images", "default_workers",
            "OptionError", "Job", "resume_log_path", "run_job"]
 
 T = TypeVar("T")
@@ -141,12 +142,28 @@ def _die_with_parent() -> None:
             pass
 
 
+@dataclass
+class Parts:
+    """One image's work cut into pieces for the pool: ``fn(piece)`` runs in a worker for each of
+    ``pieces`` (``fn`` top-level and the pieces picklable, at least one), then ``join(results)``,
+    in the parent with the pieces' results in their order, gives the image's result."""
+
+    fn: Callable[[Any], Any]
+    pieces: list
+    join: Callable[[list], Any]
+
+
 def run_images(fn: Callable[[Any], Any], tasks: Iterable[tuple[int, Any]], *, workers: int = 1,
                log: ResumeLog | None = None, progress: Callable[[int, int], None] | None = None,
-               total: int | None = None, check: Callable[[Any, Any], bool] | None = None) -> dict[int, Any]:
+               total: int | None = None, check: Callable[[Any, Any], bool] | None = None,
+               split: Callable[[Any], Parts | None] | None = None) -> dict[int, Any]:
     """``{image_id: fn(payload)}`` over ``tasks`` = ``(image_id, payload)``, skipping the
     images ``log`` already holds whose result passes ``check(payload, result)`` (a record of
-    another shape is done again). ``fn`` must be a top-level function (it is pickled)."""
+    another shape is done again). ``fn`` must be a top-level function (it is pickled).
+
+    With ``workers > 1``, ``split(payload)`` may cut an image into :class:`Parts` (None: keep it
+    whole), so one big image keeps every worker busy; its result is logged once joined. ``fn``
+    and the joined parts must give the same result: in-process (1 worker) images stay whole."""
     tasks = list(tasks)
     payloads = dict(tasks)
     results: dict[int, Any] = {i: r for i, r in (log.done.items() if log else ())
@@ -166,39 +183,111 @@ def run_images(fn: Callable[[Any], Any], tasks: Iterable[tuple[int, Any]], *, wo
         if progress:
             progress(done, n_total)
 
-    if workers <= 1 or len(todo) <= 1:
+    alone = len(todo) == 1 and (split is None or split(todo[0][1]) is None)
+    if workers <= 1 or not todo or alone:
         for image_id, payload in todo:
             record(image_id, fn(payload))
         return results
+    _run_pool(_units(fn, todo, split), workers=workers, record=record)
+    return results
 
+
+def _units(fn: Callable[[Any], Any], todo: list[tuple[int, Any]], split: Callable[[Any], Parts | None] | None):
+    """The pool's work, lazily: ``(image_id, function, argument, parts)``, one per whole image
+    (``parts`` None) or per piece of a split one (``parts``: ``(Parts, piece index)``)."""
+    for image_id, payload in todo:
+        parts = split(payload) if split is not None else None
+        if parts is None:
+            yield image_id, fn, payload, None
+            continue
+        for k, piece in enumerate(parts.pieces):
+            yield image_id, parts.fn, piece, (parts, k)
+
+
+def _run_pool(units, *, workers: int, record: Callable[[int, Any], None]) -> None:
+    """Run ``units`` (:func:`_units`) on ``workers`` processes: this one and a pool of
+    ``workers - 1``, each pool process fed one unit at a time by a thread of its own (so a
+    worker never holds a queue of units the others could take, and all finish together).
+    Each image is ``record``-ed here when its result, or the last of its pieces, arrives
+    (pieces joined in order)."""
     import multiprocessing as mp
+    import queue
+    import threading
+
+    import cv2
 
     ctx = mp.get_context("spawn")  # no fork of a process holding locks (progress thread, BLAS)
-    ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
-    pending: dict[Any, int] = {}
-    it = iter(todo)
-    window = 4 * workers  # bounded: millions of images never become millions of futures
+    ex = ProcessPoolExecutor(max_workers=workers - 1, mp_context=ctx, initializer=_worker_init)
+    lock, stop, arrived = threading.Lock(), threading.Event(), queue.SimpleQueue()
+    gathered: dict[int, list] = {}  # image id -> its pieces' results so far (None: not yet)
+
+    def next_unit():
+        with lock:
+            return None if stop.is_set() else next(units, None)
+
+    def feed() -> None:  # one per pool process: its next unit, when it is done with the last
+        try:
+            while (unit := next_unit()) is not None:
+                fut = ex.submit(unit[1], unit[2])
+                fut.exception()  # wait for it; an error in it is raised where its result is taken
+                arrived.put((unit, fut))
+        except BaseException as e:  # noqa: BLE001 - the pool broke, or it is being stopped
+            arrived.put(e)
+        finally:
+            arrived.put(None)
+
+    def take(unit: tuple, result: Any) -> None:
+        image_id, _, _, where = unit
+        if where is None:
+            record(image_id, result)
+            return
+        parts, k = where
+        got = gathered.setdefault(image_id, [None] * len(parts.pieces))
+        got[k] = (result,)
+        if all(g is not None for g in got):
+            del gathered[image_id]
+            record(image_id, parts.join([g[0] for g in got]))
+
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # one process per core already
+    feeders = [threading.Thread(target=feed, daemon=True) for _ in range(workers - 1)]
+    for t in feeders:
+        t.start()
+    running = len(feeders)
     try:
-        while True:
-            while len(pending) < window:
-                nxt = next(it, None)
-                if nxt is None:
-                    break
-                pending[ex.submit(fn, nxt[1])] = nxt[0]
-            if not pending:
-                break
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                record(pending.pop(fut), fut.result())
+        while running:
+            try:
+                item = arrived.get_nowait()  # the pool's results first
+            except queue.Empty:
+                unit = next_unit()
+                if unit is not None:  # then a unit of our own, while there are any
+                    take(unit, unit[1](unit[2]))
+                    continue
+                try:
+                    item = arrived.get(timeout=0.2)  # nothing left to start: wait for the pool
+                except queue.Empty:
+                    continue
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                take(item[0], item[1].result())
     except BaseException:
-        # an error or an interrupt: drop the queue and stop the workers now, not after their task
-        procs = list((getattr(ex, "_processes", None) or {}).values())
-        ex.shutdown(wait=False, cancel_futures=True)
-        for proc in procs:
-            proc.terminate()
+        stop.set()
+        _stop_now(ex)
         raise
+    finally:
+        cv2.setNumThreads(threads)
     ex.shutdown(wait=True)
-    return results
+
+
+def _stop_now(ex: ProcessPoolExecutor) -> None:
+    """An error or an interrupt: drop the queue and stop the workers now, not after their task."""
+    procs = list((getattr(ex, "_processes", None) or {}).values())
+    ex.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        proc.terminate()
 
 
 class OptionError(WsisError):

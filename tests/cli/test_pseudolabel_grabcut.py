@@ -71,6 +71,16 @@ def test_pool_gives_the_same_output(runner, synth_boxes, tmp_path):
     assert outs[0]["annotations"] == outs[1]["annotations"]
 
 
+def test_images_cut_in_pieces_give_the_same_bytes(runner, synth_boxes, tmp_path, monkeypatch):
+    monkeypatch.setattr(grabcut_dataset, "SPLIT", grabcut_dataset.SplitRule(boxes=2, pixels=0, chunk=1))  # every image
+    out, outs = tmp_path / "o.json", []
+    for w in (1, 2):
+        r = run(runner, synth_boxes / "box.json", "--images", synth_boxes / "images", "--out", out, "--workers", w)
+        assert r.exit_code == 0, r.output
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+
+
 def test_shards_merge_to_the_whole(runner, synth_boxes, tmp_path):
     whole = tmp_path / "whole.json"
     assert run(runner, synth_boxes / "box.json", "--images", synth_boxes / "images", "--out", whole, "--workers", 1).exit_code == 0

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from wsis_cli.coco import parse_dataset
+from wsis_cli.coco import parse_dataset, rle_to_mask
 from wsis_cli.jobs import fingerprint
 from wsis_cli.pseudo.grabcut import GrabCutConfig
 from wsis_cli.pseudo.grabcut_dataset import grabcut_job, prepare_boxes, pseudolabel_grabcut, summary_line
@@ -82,3 +82,94 @@ def test_summary_line():
          "methods": {"grabcut": 3, "ellipse": 1, "none": 1}}
     assert summary_line(s) == ("5 masks; small boxes (< 64x64 px): 1/4 invalid (25%); methods: ellipse 1, grabcut 3, "
                                "none 1; 1 boxes skipped (no area); 2 masks empty")
+
+
+@pytest.fixture
+def crowd(tmp_path):
+    """One 160x120 picture with discs that touch and overlap, boxed once, twice (duplicates of
+    equal size across the cut between pieces) and partly outside; 12 boxes."""
+    rng = np.random.default_rng(3)
+    img = np.clip(rng.normal([70, 120, 70], 10, size=(120, 160, 3)), 0, 255).astype(np.uint8)
+    centres = [(30, 30), (50, 35), (90, 40), (110, 60), (130, 90), (40, 90), (70, 80)]
+    for k, (x, y) in enumerate(centres):
+        cv2.circle(img, (x, y), 16, (40 + 30 * k, 40, 220 - 20 * k), -1)
+    cv2.imwrite(str(tmp_path / "c.png"), img)
+    boxes = [[x - 17, y - 17, 34, 34] for x, y in centres] + [[14, 14, 34, 34], [30, 20, 60, 50],
+                                                              [140, 100, 40, 40], [33, 18, 34, 34], [0, 0, 160, 120]]
+    anns = [{"id": 100 - 7 * i, "image_id": 5, "category_id": 1, "bbox": b} for i, b in enumerate(boxes)]
+    ds = parse_dataset({"images": [{"id": 5, "file_name": "c.png", "width": 160, "height": 120}], "annotations": anns,
+                        "categories": [{"id": 1, "name": "thing"}]}, path="crowd.json")
+    return ds, tmp_path
+
+
+def test_an_image_cut_in_pieces_gives_the_same_bytes(crowd):
+    import json
+
+    from wsis_cli.pseudo.grabcut_dataset import SplitRule
+
+    ds, images = crowd
+    cfg = GrabCutConfig(iters=3)
+    whole = json.dumps(pseudolabel_grabcut(ds, images_dir=images, cfg=cfg, workers=1).to_json())
+    tiny = SplitRule(boxes=2, pixels=0, chunk=1)
+    jobs, _ = prepare_boxes(ds, ds.images, images, cfg, lambda m: None)
+    parts = tiny(jobs[0], 2)
+    assert [len(p.boxes) for p in parts.pieces] == [3, 3, 2, 1, 1, 1, 1]  # ceil(left / 4), in the image's order
+    assert [i for p in parts.pieces for i in p.ann_ids] == jobs[0].ann_ids
+    cut = json.dumps(pseudolabel_grabcut(ds, images_dir=images, cfg=cfg, workers=2, split=tiny).to_json())
+    assert cut == whole
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from wsis_cli.pseudo.grabcut_dataset import grabcut_image
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:  # every piece in another process
+        done = list(ex.map(parts.fn, parts.pieces))
+    assert json.dumps(parts.join(done)) == json.dumps(grabcut_image(jobs[0]))
+    out = json.loads(whole)["annotations"]
+    masks = np.stack([rle_to_mask(a["segmentation"]) for a in out])
+    assert masks.sum(0).max() == 1  # overlaps resolved across the pieces
+    dup = {a["id"]: a for a in out}
+    assert dup[93]["area"] > 0 and dup[30]["area"] == 0  # the same box in pieces 1 and 6: the larger id keeps it
+    assert dup[30]["wsis"]["method"] == "none" and not dup[30]["wsis"]["valid"]
+
+
+def test_the_split_rule():
+    from wsis_cli.pseudo.grabcut_dataset import SPLIT, BoxJob
+
+    job = BoxJob(1, "x.jpg", 3000, 4000, list(range(200)), [[0, 0, 10, 10]] * 200, {})
+    parts = SPLIT(job, 2)
+    sizes = [len(p.boxes) for p in parts.pieces]
+    assert sum(sizes) == 200 and sizes[0] == 50 and sizes == sorted(sizes, reverse=True) and min(sizes[:-1]) >= 2
+    assert SPLIT(job, 1) is None  # one worker: nothing to share
+    small = BoxJob(1, "x.jpg", 480, 640, list(range(200)), [[0, 0, 10, 10]] * 200, {})
+    few = BoxJob(1, "x.jpg", 3000, 4000, list(range(20)), [[0, 0, 10, 10]] * 20, {})
+    assert SPLIT(small, 2) is None and SPLIT(few, 2) is None  # small pictures and few boxes stay whole
+
+
+def test_a_broken_picture_in_a_piece_is_one_line(crowd):
+    from wsis_cli.errors import WsisError
+    from wsis_cli.pseudo.grabcut_dataset import SplitRule
+
+    ds, images = crowd
+    data = (images / "c.png").read_bytes()
+    (images / "c.png").write_bytes(data[:200])  # the header reads, the pixels do not decode
+    with pytest.raises(WsisError) as e:
+        pseudolabel_grabcut(ds, images_dir=images, cfg=GrabCutConfig(iters=1), workers=2,
+                            split=SplitRule(boxes=2, pixels=0, chunk=1))
+    assert "\n" not in str(e.value) and str(e.value).endswith("c.png: not an image OpenCV can decode")
+
+
+def test_masks_are_encoded_from_their_crops_as_from_the_full_mask():
+    from wsis_cli.coco import mask_to_rle
+    from wsis_cli.pseudo.grabcut_dataset import crop_to_rle
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        h, w = (int(v) for v in rng.integers(1, 30, 2))
+        mh, mw = int(rng.integers(1, h + 1)), int(rng.integers(1, w + 1))
+        r0, c0 = int(rng.integers(0, h - mh + 1)), int(rng.integers(0, w - mw + 1))
+        crop = rng.random((mh, mw)) < rng.choice([0.0, 0.1, 0.5, 0.9, 1.0])
+        full = np.zeros((h, w), bool)
+        full[r0:r0 + mh, c0:c0 + mw] = crop
+        assert crop_to_rle(crop, (r0, c0), h, w) == mask_to_rle(full)
+    assert crop_to_rle(None, (0, 0), 4, 5) == mask_to_rle(np.zeros((4, 5), bool))

@@ -94,7 +94,7 @@ Out = Annotated[str, typer.Option("--out", "-o", help="Output JSON file; '-' wri
 ImagesDir = Annotated[Path, typer.Option("--images", exists=True, file_okay=False,
                                           help="Folder the dataset's file_name entries are relative to.")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout instead of a table.")]
-Workers = Annotated[int | None, typer.Option("--workers", min=1, help="Worker processes (default: one per core).")]
+Workers = Annotated[int | None, typer.Option("--workers", min=1, help="Processes working at once, this one included (default: one per core).")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue a killed run from OUT.resume.jsonl; the output is identical.")]
 Shard = Annotated[str | None, typer.Option("--shard", callback=_check_shard,
                                            help="Process only slice K of N of the images (K/N, 1-based); join with `wsis data merge`.")]

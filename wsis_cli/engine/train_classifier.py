@@ -245,9 +245,9 @@ def train_classifier(
 
     With ``resume``, training continues from ``out`` when it exists (its model and training
     options, except ``epochs``, must equal ``cfg``'s); with ``overwrite`` an existing ``out`` is
-    replaced; without either, an existing ``out`` is an error. ``progress(done, total)`` counts iterations; ``log`` gets one line per epoch and
-    any warning. Returns ``{"out", "epochs", "iterations", "resumed_from", "history"}``.
-    """
+    replaced; without either, an existing ``out`` is an error. ``progress(done, total)`` counts
+    iterations; ``log`` gets a line per epoch and any warning. Returns ``{"out", "epochs",
+    "iterations", "resumed_from", "history"}``."""
     say = log or (lambda _msg: None)
     out = Path(out)
     labels = _checked_labels(ds)
@@ -265,7 +265,6 @@ def train_classifier(
         return {"out": str(out), "epochs": start, "iterations": 0, "resumed_from": start, "history": history}
     model, optimizer, scaler = _model_and_optimizer(ds, cfg, state, out, dev, use_amp)
     del state
-
     data = TrainImages(paths, labels, seed=cfg.seed, names=[f"image {im['id']} of {ds.path}" for im in ds.images])
     iters = math.ceil(len(paths) / cfg.batch_size)
     total = cfg.epochs * iters

@@ -8,25 +8,32 @@ so instance masks never overlap.
 Degenerate boxes never stop a run: boxes partly outside the image are clipped (a warning names
 each), boxes with no area inside the image are skipped (a warning names each; they are left out
 of the output), boxes too thin for GrabCut get the fallback.
+
+Images run one per worker (:func:`grabcut_image`); a big image with many boxes (:class:`SplitRule`)
+is cut into runs of boxes segmented across the workers (:func:`grabcut_chunk`), its overlaps then
+resolved and its masks encoded in the parent: the same output for any number of workers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from wsis_cli.boxes import SMALL_AREA, xywh_to_xyxy
-from wsis_cli.coco import Dataset, ann_record, mask_to_rle, provenance
+from wsis_cli.coco import Dataset, ann_record, provenance, rle_to_json
 from wsis_cli.errors import InputError
 from wsis_cli.images import check_images, image_path
-from wsis_cli.jobs import Job, ResumeLog, parse_shard, run_images, shard_images
-from wsis_cli.pseudo.grabcut import GrabCutConfig, box_seed, resolve_overlaps, segment_boxes
+from wsis_cli.jobs import Job, Parts, ResumeLog, parse_shard, run_images, shard_images
+from wsis_cli.pseudo.grabcut import BoxResult, GrabCutConfig, box_seed, resolve_overlaps, segment_boxes
 from wsis_cli.pseudo.labels import Instance, PseudoLabels, coco_bbox
 
-__all__ = ["BoxJob", "prepare_boxes", "grabcut_image", "pseudolabel_grabcut", "grabcut_job", "summary_line"]
+__all__ = ["BoxJob", "prepare_boxes", "grabcut_image", "grabcut_chunk", "SplitRule", "crop_to_rle",
+           "pseudolabel_grabcut", "grabcut_job", "summary_line"]
 
 VERB = "pseudolabel grabcut"
 BBOX_DECIMALS = 4
@@ -73,28 +80,114 @@ def prepare_boxes(ds: Dataset, images: list[dict], images_dir: str | Path, cfg: 
     return jobs, skipped
 
 
-def grabcut_image(job: BoxJob) -> dict:
-    """Masks of one image's boxes: ``{"anns": {ann_id: {segmentation, area, wsis}}}`` (JSON-ready)."""
+_KEPT: list = []  # [(path, mtime, size), pixels]: the last picture read for pieces, in this process
+
+
+def _read(job: BoxJob, *, keep: bool = False) -> np.ndarray:
+    """``job``'s picture, checked against the dataset's size. ``keep``: reuse and keep the last
+    picture read so in this process (the pieces of a split image a process runs share it)."""
     from wsis_cli.images import read_image
 
-    if not job.boxes:
-        return {"anns": {}}
-    cfg = GrabCutConfig(**job.config)
-    img = read_image(job.path)
+    stat = os.stat(job.path) if keep and os.path.isfile(job.path) else None
+    key = (job.path, stat.st_mtime_ns, stat.st_size) if stat else None
+    if key is not None and _KEPT and _KEPT[0] == key:
+        img = _KEPT[1]
+    else:
+        img = read_image(job.path)
+        if key is not None:
+            _KEPT[:] = [key, img]
     if img.shape[:2] != (job.height, job.width):
         raise InputError(job.path, f"is {img.shape[1]}x{img.shape[0]} but image {job.image_id} of the dataset "
                                    f"says {job.width}x{job.height}")
-    boxes = np.asarray(job.boxes, dtype=np.float64)
-    results = segment_boxes(img, boxes, [box_seed(cfg.seed, i) for i in job.ann_ids], cfg)
-    results = resolve_overlaps(results, job.ann_ids, job.height, job.width)
+    return img
+
+
+def _segment(img: np.ndarray, job: BoxJob) -> list[BoxResult]:
+    cfg = GrabCutConfig(**job.config)
+    return segment_boxes(img, np.asarray(job.boxes, dtype=np.float64), [box_seed(cfg.seed, i) for i in job.ann_ids],
+                         cfg)
+
+
+def grabcut_image(job: BoxJob) -> dict:
+    """Masks of one image's boxes: ``{"anns": {ann_id: {segmentation, area, wsis}}}`` (JSON-ready)."""
+    if not job.boxes:
+        return {"anns": {}}
+    return _join(job, [_segment(_read(job), job)])
+
+
+def grabcut_chunk(piece: BoxJob) -> list[BoxResult]:
+    """The masks (crops, overlaps not yet resolved) of one piece of a split image: a run of its
+    boxes, in a worker; :func:`_join` makes the image's result of all its pieces."""
+    return _segment(_read(piece, keep=True), piece)
+
+
+def _join(job: BoxJob, pieces: list[list[BoxResult]]) -> dict:
+    """:func:`grabcut_image`'s result from the masks of all ``job``'s boxes, in pieces in order:
+    overlaps resolved, each mask encoded from its crop."""
+    if _KEPT and _KEPT[0][0] == job.path:
+        _KEPT.clear()  # this process ran pieces of the image: they are all in
+    results = resolve_overlaps([r for piece in pieces for r in piece], job.ann_ids, job.height, job.width)
     out = {}
-    for ann_id, r in zip(job.ann_ids, results):  # one full-size mask at a time
-        m = r.full(job.height, job.width)
-        if m is None:
-            m = np.zeros((job.height, job.width), dtype=bool)
-        out[str(ann_id)] = {"segmentation": mask_to_rle(m), "area": float(m.sum()),
+    for ann_id, r in zip(job.ann_ids, results):
+        m = crop_to_rle(r.mask, r.offset, job.height, job.width)
+        out[str(ann_id)] = {"segmentation": m, "area": float(r.mask.sum()) if r.mask is not None else 0.0,
                             "wsis": {"method": r.method, "valid": r.valid, "box_iou": round(r.box_iou, 6)}}
     return {"anns": out}
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    """When an image's boxes are cut into pieces run across the pool: it has at least ``boxes``
+    boxes and ``pixels`` pixels. Pieces are runs of boxes in the image's order, each of
+    ``ceil(left / (2 * workers))`` of the ``left`` boxes not yet in a piece, at least ``chunk``:
+    big first, small last, so the workers finish together. The output does not depend on it
+    (each box is seeded alone; overlaps are resolved once all the image's masks are in)."""
+
+    boxes: int = 48
+    pixels: int = 2_000_000
+    chunk: int = 2
+
+    def __call__(self, job: BoxJob, workers: int) -> Parts | None:
+        n = len(job.boxes)
+        if workers <= 1 or n < max(2, self.boxes) or job.height * job.width < self.pixels:
+            return None
+        starts = [0]
+        while starts[-1] < n:
+            starts.append(min(n, starts[-1] + max(1, self.chunk, -(-(n - starts[-1]) // (2 * workers)))))
+        if len(starts) < 3:
+            return None
+        pieces = [replace(job, ann_ids=job.ann_ids[a:b], boxes=job.boxes[a:b]) for a, b in zip(starts, starts[1:])]
+        return Parts(fn=grabcut_chunk, pieces=pieces, join=partial(_join, job))
+
+
+SPLIT = SplitRule()
+
+
+def crop_to_rle(crop: np.ndarray | None, offset: tuple[int, int], height: int, width: int) -> dict:
+    """The compressed RLE (JSON-ready) of the ``height x width`` mask holding ``crop`` at
+    ``offset`` = ``(row0, col0)`` (None: empty), as :func:`~wsis_cli.coco.mask_to_rle` gives it,
+    without making the full mask: only the columns the crop spans are scanned."""
+    from pycocotools import mask as mask_utils
+
+    if crop is None or not crop.any():
+        counts = [height * width]
+    else:
+        (r0, c0), (mh, mw) = offset, crop.shape
+        strip = np.zeros((mw, height), dtype=np.uint8)  # the crop's columns, column-major as COCO's RLE
+        strip[:, r0:r0 + mh] = crop.T
+        flat = strip.ravel()
+        runs = np.diff(np.concatenate(([0], np.flatnonzero(flat[1:] != flat[:-1]) + 1, [flat.size])))
+        if flat[0]:
+            runs = np.concatenate(([0], runs))  # the counts start with a run of zeros
+        runs[0] += c0 * height
+        tail = (width - c0 - mw) * height
+        if len(runs) % 2:  # it ends with zeros
+            runs[-1] += tail
+        elif tail:
+            runs = np.append(runs, tail)
+        counts = runs.tolist()
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    return rle_to_json(rle)
 
 
 def _well_formed(job: BoxJob, result) -> bool:
@@ -122,16 +215,20 @@ def _summary() -> dict:
 def pseudolabel_grabcut(ds: Dataset, *, images_dir: str | Path, cfg: GrabCutConfig, shard: str | None = None,
                         workers: int = 1, log: ResumeLog | None = None,
                         progress: Callable[[int, int], None] | None = None,
-                        warn: Callable[[str], None] = lambda m: None) -> PseudoLabels:
+                        warn: Callable[[str], None] = lambda m: None, split: SplitRule | None = None) -> PseudoLabels:
     """Masks for the boxes of ``ds``'s images (slice ``shard`` = ``"K/N"`` of them, or all).
 
     Every kept box gets a row (its annotation's id and fields, the box clipped to the image, the
     mask, ``method`` and ``valid``, ``"wsis": {"box_iou"}``); boxes with no area in the image are
-    left out. ``log``: finished images of an earlier run (:class:`~wsis_cli.jobs.ResumeLog`)."""
+    left out. ``log``: finished images of an earlier run (:class:`~wsis_cli.jobs.ResumeLog`).
+    ``split``: which images run as pieces across the ``workers`` (default :data:`SPLIT`); the
+    output is the same whatever it and ``workers`` are."""
     images = shard_images(ds.images, parse_shard(shard))
     jobs, skipped = prepare_boxes(ds, images, images_dir, cfg, warn)
+    rule = split or SPLIT
     results = run_images(grabcut_image, [(j.image_id, j) for j in jobs], workers=workers, log=log,
-                         progress=progress, total=len(jobs), check=_well_formed)
+                         progress=progress, total=len(jobs), check=_well_formed,
+                         split=lambda job: rule(job, workers))
     summary = _summary()
     summary["skipped"] = len(skipped)
     keep = {im["id"] for im in images}
@@ -169,7 +266,7 @@ def _options(ds: Dataset, images_dir, cfg: GrabCutConfig, shard: str | None) -> 
 
 def grabcut_job(ds: Dataset, *, images_dir: str | Path, cfg: GrabCutConfig, shard: str | None = None,
                 workers: int = 1, progress: Callable[[int, int], None] | None = None,
-                warn: Callable[[str], None] = lambda m: None) -> Job[PseudoLabels]:
+                warn: Callable[[str], None] = lambda m: None, split: SplitRule | None = None) -> Job[PseudoLabels]:
     """:func:`pseudolabel_grabcut` as a resumable :class:`~wsis_cli.jobs.Job` (for
     :func:`~wsis_cli.jobs.run_job`): fingerprinted by its options (not the dataset's file name)
     and the images and annotations it covers."""
@@ -178,7 +275,7 @@ def grabcut_job(ds: Dataset, *, images_dir: str | Path, cfg: GrabCutConfig, shar
     payload = [images, [a for im in images for a in ds.anns_by_image[im["id"]]]]
     return Job(verb=VERB, options=options, payload=payload, total=len(images),
                run=lambda log: pseudolabel_grabcut(ds, images_dir=images_dir, cfg=cfg, shard=shard, workers=workers,
-                                                   log=log, progress=progress, warn=warn))
+                                                   log=log, progress=progress, warn=warn, split=split))
 
 
 def summary_line(summary: dict) -> str:
