@@ -157,3 +157,23 @@ def toy_box_detector(toy_detector, tmp_path_factory) -> dict:
 def toy_detector_without_iou_head(toy_detector, tmp_path_factory) -> Path:
     """The run folder of a toy Mask R-CNN without an IoU head, trained like ``toy_detector``'s."""
     return train_detector(toy_detector, tmp_path_factory.mktemp("no_iou") / "run", TINY)
+
+
+def tiny_config(**kw):
+    """A small detector's model_config (ResNet-18, 96 px, narrow heads, 2 classes, random init)."""
+    from wsis_cli.models.detector import model_config
+
+    base = dict(backbone="resnet18", category_ids=[1, 2], category_names=["a", "b"], min_size=96, max_size=96,
+                fpn_channels=32, head_channels=64, pretrained=False)
+    base.update(kw)
+    return model_config(**base)
+
+
+def one_target(has_mask: bool):
+    """A detection target of one 40x40 class-1 instance in a 96 px image, with or without its mask."""
+    import torch
+
+    masks = torch.zeros(1, 96, 96, dtype=torch.uint8)
+    masks[0, 20:60, 30:70] = 1
+    return {"boxes": torch.tensor([[30.0, 20.0, 70.0, 60.0]]), "labels": torch.tensor([1]), "masks": masks,
+            "has_mask": torch.tensor([has_mask])}

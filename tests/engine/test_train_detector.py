@@ -18,19 +18,14 @@ from wsis_cli.coco import load_dataset
 from wsis_cli.engine.predictor import Predictor
 from wsis_cli.engine.train_detector import DetectorConfig, train_detector
 from wsis_cli.errors import WsisError
-from wsis_cli.models.detector import build_detector, model_config
+from wsis_cli.models.detector import build_detector
+
+from conftest import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = dict(backbone="resnet18", weights="none", min_size=96, max_size=96, fpn_channels=32, head_channels=64,
             keep_epochs=0, scale_jitter=False, warmup_iters=2)
-
-
-def tiny_config(**kw):
-    base = dict(backbone="resnet18", category_ids=[1, 2], category_names=["a", "b"], min_size=96, max_size=96,
-                fpn_channels=32, head_channels=64, pretrained=False)
-    base.update(kw)
-    return model_config(**base)
 
 
 @pytest.fixture(scope="module")

@@ -5,27 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wsis_cli.models.detector import build_detector, model_config
+from wsis_cli.models.detector import build_detector
 from wsis_cli.models.roi_heads import _mask_ious, iou_forward, iou_inverse
 
+from conftest import one_target, tiny_config
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-TINY = dict(backbone="resnet18", weights="none", min_size=96, max_size=96, fpn_channels=32, head_channels=64,
-            keep_epochs=0, scale_jitter=False, warmup_iters=2)
-
-
-def tiny_config(**kw):
-    base = dict(backbone="resnet18", category_ids=[1, 2], category_names=["a", "b"], min_size=96, max_size=96,
-                fpn_channels=32, head_channels=64, pretrained=False)
-    base.update(kw)
-    return model_config(**base)
-
-
-def one_target(has_mask: bool):
-    masks = torch.zeros(1, 96, 96, dtype=torch.uint8)
-    masks[0, 20:60, 30:70] = 1
-    return {"boxes": torch.tensor([[30.0, 20.0, 70.0, 60.0]]), "labels": torch.tensor([1]), "masks": masks,
-            "has_mask": torch.tensor([has_mask])}
 
 
 def test_box_only_annotations_are_left_out_of_the_mask_loss():
