@@ -23,6 +23,7 @@ loop of the same optimisation (one box, one optimiser at a time) in the same run
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from pathlib import Path
@@ -130,6 +131,10 @@ def report(name: str, boxes: np.ndarray, rows) -> dict:
     return res
 
 
+def _load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -146,7 +151,8 @@ def main() -> None:
     from wsis_cli.pseudo.ccgr import CCGRConfig, refine_boxes, stop_points
 
     torch.set_num_threads(torch.get_num_threads())
-    print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}; load average {_load()}")
     for kind in (("oracle", "cam") if args.maps == "both" else (args.maps,)):
         t = time.perf_counter()
         planes, rows = build(args.data, kind)
@@ -188,7 +194,8 @@ def main() -> None:
             per_box_loop, per_box_batched = loop / len(sel), batched / len(rows)
             print(f"  speed ({cfg.objective}): batched {batched:.2f}s for {len(rows)} boxes; per-box loop "
                   f"{loop:.2f}s for {len(sel)} boxes -> {1e3 * per_box_loop:.1f} vs {1e3 * per_box_batched:.2f} "
-                  f"ms/box = {per_box_loop / per_box_batched:.0f}x; max coordinate difference {worst:.2g} px")
+                  f"ms/box = {per_box_loop / per_box_batched:.0f}x; max coordinate difference {worst:.2g} px; "
+                  f"load average {_load()}")
 
 
 if __name__ == "__main__":

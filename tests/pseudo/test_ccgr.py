@@ -65,7 +65,13 @@ def test_box_sums_equal_numpy_sums_on_integer_boxes():
     rng = np.random.default_rng(0)
     planes = [rng.random((7, 9)), rng.random((12, 5)), rng.random((4, 4))]  # different sizes, one tensor
     integral = integral_images(planes)
-    assert integral.shape == (3, 13, 10) and integral.dtype == torch.float64
+    assert integral.flat.shape == (8 * 10 + 13 * 6 + 5 * 5,) and integral.flat.dtype == torch.float64  # unpadded
+    assert integral.offset.tolist() == [0, 80, 158] and integral.sizes.tolist() == [[9, 7], [5, 12], [4, 4]]
+    for p, pl in enumerate(planes):  # the same float64 sums, in the same order, as numpy's
+        h, w = pl.shape
+        block = integral.flat[integral.offset[p]:integral.offset[p] + (h + 1) * (w + 1)].view(h + 1, w + 1).numpy()
+        np.testing.assert_array_equal(block[1:, 1:], np.cumsum(np.cumsum(pl, axis=0), axis=1))
+        assert not block[0].any() and not block[:, 0].any()
     boxes, index, want = [], [], []
     for p, pl in enumerate(planes):
         h, w = pl.shape
@@ -92,7 +98,7 @@ def test_fractional_boxes_get_the_exact_area_weighted_sum():
 def test_boxes_partly_outside_the_plane_are_clipped():
     rng = np.random.default_rng(1)
     small, big = rng.random((6, 8)), rng.random((20, 30))
-    # the small plane is padded to 20x30 in the integral tensor: nothing of the padding may count
+    # the small plane's box reaches past it: nothing beyond the plane may count
     s, a, _ = sums([small, big], [0, 0, 0, 1], [[-3, -2, 4, 3], [5, 4, 40, 40], [10, 10, 12, 12], [-1, 15, 31, 25]])
     np.testing.assert_allclose(s.numpy(), [small[:3, :4].sum(), small[4:, 5:].sum(), 0.0, big[15:, :].sum()],
                                atol=1e-12)
@@ -263,6 +269,68 @@ def test_boxes_stay_inside_the_image_and_at_least_one_pixel():
         assert (out[:, 2:] - out[:, :2] >= 1 - 1e-9).all(), out
         area, before = np.prod(out[:, 2:] - out[:, :2], axis=1), np.prod(clipped[:, 2:] - clipped[:, :2], axis=1)
         assert ((area >= before) if grows else (area[[0, 1, 3]] < before[[0, 1, 3]])).all(), out
+
+
+def sequential_stop(boxes, old, others, others_mask):
+    """The stop rule as first written: every stop point in turn, the side that crossed it set back."""
+    for q in range(others.shape[1]):
+        px, py = others[:, q, 0], others[:, q, 1]
+        inside_new = (boxes[:, 0] <= px) & (px <= boxes[:, 2]) & (boxes[:, 1] <= py) & (py <= boxes[:, 3])
+        inside_old = (old[:, 0] <= px) & (px <= old[:, 2]) & (old[:, 1] <= py) & (py <= old[:, 3])
+        hit = others_mask[:, q] & inside_new & ~inside_old
+        inf = torch.full_like(px, float("inf"))
+        over = torch.stack([torch.where(px < old[:, 0], px - boxes[:, 0], inf),
+                            torch.where(py < old[:, 1], py - boxes[:, 1], inf),
+                            torch.where(px > old[:, 2], boxes[:, 2] - px, inf),
+                            torch.where(py > old[:, 3], boxes[:, 3] - py, inf)], dim=1)
+        side = over.argmin(dim=1)
+        limit = torch.stack([px + 1e-3, py + 1e-3, px - 1e-3, py - 1e-3], dim=1)
+        rows = hit.nonzero().squeeze(1)
+        boxes[rows, side[rows]] = limit[rows, side[rows]]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_stop_rule_in_rounds_equals_the_point_by_point_rule(seed):
+    # boxes that grew past several stop points in one step: the rounds give the same boxes, bit for bit
+    from wsis_cli.pseudo.ccgr import _stop
+
+    rng = np.random.default_rng(seed)
+    n, q = 300, 6
+    c = rng.uniform(20, 80, (n, 2))
+    old = np.concatenate([c - rng.uniform(2, 10, (n, 2)), c + rng.uniform(2, 10, (n, 2))], axis=1)
+    new = old + rng.uniform(-12, 12, (n, 4)) * [-1, -1, 1, 1]
+    pts = c[:, None] + rng.uniform(-20, 20, (n, q, 2))
+    others, mask = torch.from_numpy(pts), torch.from_numpy(rng.random((n, q)) < 0.8)
+    x, y = pts[..., 0], pts[..., 1]
+    took = [(b[:, 0, None] <= x) & (x <= b[:, 2, None]) & (b[:, 1, None] <= y) & (y <= b[:, 3, None])
+            for b in (new, old)]
+    several = ((took[0] & ~took[1] & mask.numpy()).sum(axis=1) > 1).sum()
+    want = torch.from_numpy(new.copy())
+    sequential_stop(want, torch.from_numpy(old), others, mask)
+    got = torch.from_numpy(new.copy())
+    _stop(got, torch.from_numpy(old), others, mask)
+    assert (want != torch.from_numpy(new)).any(dim=1).sum() > 50 and several > 10, several  # some took in several
+    assert torch.equal(got, want)
+
+
+# ----------------------------------------------------------------------------- optimiser
+def test_adam_is_torch_optim_adam_under_cosine_annealing_bit_for_bit():
+    from wsis_cli.pseudo.ccgr import _Adam
+
+    rng = np.random.default_rng(5)
+    steps, lr = 37, 0.02
+    ref = torch.zeros((6, 4), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([ref], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    ours = torch.zeros((6, 4), dtype=torch.float64)
+    mine = _Adam(ours, lr, steps)
+    for _ in range(steps):
+        grad = torch.from_numpy(rng.normal(size=(6, 4)) * rng.choice([1e-6, 1.0, 1e3]))
+        ref.grad = grad.clone()
+        opt.step()
+        sched.step()
+        mine.step(grad)
+        assert torch.equal(ours, ref.detach()) and mine.lr == opt.param_groups[0]["lr"]
 
 
 # ----------------------------------------------------------------------------- batching

@@ -58,3 +58,48 @@ def test_summary_line():
     assert summary_line(s) == ("4 boxes refined (3 with a point); mean IoU of each box with its start 0.50; 1 masks "
                                "empty (no score above --mask-thr in the box)")
     assert summary_line({**s, "mean_box_iou_moved": None, "empty_masks": 0}) == "4 boxes refined (3 with a point)"
+
+
+@pytest.fixture
+def three_images(tmp_path):
+    """Three images, two classes (three planes in the second image's file, two used), two boxes each."""
+    images, anns = [], []
+    for i, name in enumerate(("a", "b", "c"), start=1):
+        images.append({"id": i, "file_name": f"{name}.png", "height": H, "width": W})
+        squares = [rect_mask(H, W, 4 + i, 4, 14 + i, 16), rect_mask(H, W, 18, 10 + i, 30, 22 + i)]
+        for k, (m, cid) in enumerate(zip(squares, (1, 2))):
+            ys, xs = np.nonzero(m)
+            x1, y1, x2, y2 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+            anns.append({"id": 10 * i + k, "image_id": i, "category_id": cid,
+                         "point": [float(xs.mean()), float(ys.mean())],
+                         "bbox": [x1 + (x2 - x1) / 4, y1 + (y2 - y1) / 4, (x2 - x1) / 2, (y2 - y1) / 2]})
+        planes = [m.astype(np.float32) for m in squares] + ([np.zeros((H, W), np.float32)] if i == 2 else [])
+        write_score_maps(tmp_path / f"{name}.npz", np.stack(planes), [1, 2, 3][:len(planes)])
+    ds = parse_dataset({"images": images, "annotations": anns,
+                        "categories": [{"id": 1, "name": "one"}, {"id": 2, "name": "two"}]}, path="boxes.json")
+    return ds, tmp_path
+
+
+@pytest.mark.parametrize("chunk_pixels", [1, H * W * 2, H * W * 3])
+def test_chunks_read_ahead_give_the_same_labels(three_images, chunk_pixels):
+    # one image a chunk (the next read while one is refined), two, or all three together
+    ds, maps = three_images
+    cfg = CCGRConfig(steps=30)
+    whole = pseudolabel_ccgr(ds, maps_dir=maps, cfg=cfg)
+    seen = []
+    got = pseudolabel_ccgr(ds, maps_dir=maps, cfg=CCGRConfig(steps=30, chunk_pixels=chunk_pixels),
+                           progress=lambda d, t: seen.append((d, t)))
+    np.testing.assert_array_equal(got.boxes, whole.boxes)
+    assert got.masks == whole.masks and got.ids.tolist() == [10, 11, 20, 21, 30, 31]
+    assert seen[-1] == (6, 6) and len(seen) == {1: 3, H * W * 2: 3, H * W * 3: 2}[chunk_pixels]
+
+
+def test_a_fault_in_a_later_chunk_names_its_file(three_images):
+    ds, maps = three_images
+    (maps / "c.npz").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match=r"c\.npz.*image 3 \(c\.png\).*not a readable \.npz file"):
+        pseudolabel_ccgr(ds, maps_dir=maps, cfg=CCGRConfig(steps=5, chunk_pixels=1))
+    (maps / "c.npz").unlink()
+    write_score_maps(maps / "c.npz", np.zeros((1, H, W), np.float32), [1])
+    with pytest.raises(InputError, match=r"c\.npz.*has no plane for category 2, needed by annotation 31"):
+        pseudolabel_ccgr(ds, maps_dir=maps, cfg=CCGRConfig(steps=5, chunk_pixels=1))

@@ -33,13 +33,15 @@ touching instance of its class where the map shows no dip between them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
-__all__ = ["OBJECTIVES", "CCGRConfig", "integral_images", "box_sums", "refine_boxes", "crop_masks", "stop_points", "STOPS"]
+__all__ = ["OBJECTIVES", "CCGRConfig", "Integrals", "integral_images", "box_sums", "refine_boxes", "crop_masks",
+           "stop_points", "STOPS"]
 
 OBJECTIVES = ("mass", "gap")
 STOPS = ("split", "point")
@@ -76,66 +78,76 @@ class CCGRConfig:
         return asdict(self)
 
 
-def integral_images(planes: list[np.ndarray]) -> torch.Tensor:
-    """Integral images of planes of any sizes, zero-padded to one tensor.
+@dataclass(frozen=True)
+class Integrals:
+    """Integral images of planes of any sizes, one after another in one flat DoubleTensor, unpadded:
+    plane ``p``'s ``(H_p + 1) x (W_p + 1)`` image starts at ``offset[p]`` (LongTensor[P]);
+    ``sizes`` (DoubleTensor[P, 2]) holds each plane's width and height."""
 
-    Args:
-        planes: ``P`` float arrays ``(H_p, W_p)``.
-    Returns:
-        DoubleTensor[P, Hmax + 1, Wmax + 1]: ``I[p, y, x]`` = sum of plane ``p`` over rows ``< y``
-        and columns ``< x``.
-    """
-    hmax = max((p.shape[0] for p in planes), default=0)
-    wmax = max((p.shape[1] for p in planes), default=0)
-    out = np.zeros((len(planes), hmax + 1, wmax + 1), dtype=np.float64)
-    for i, p in enumerate(planes):
-        h, w = p.shape
-        out[i, 1:h + 1, 1:w + 1] = np.cumsum(np.cumsum(p, axis=0, dtype=np.float64), axis=1)
-        out[i, h + 1:, 1:w + 1] = out[i, h, 1:w + 1]  # beyond the plane the sums stay put
-        out[i, :, w + 1:] = out[i, :, w:w + 1]
-    return torch.from_numpy(out)
+    flat: torch.Tensor
+    offset: torch.Tensor
+    sizes: torch.Tensor
 
 
-def _lookup(integral: torch.Tensor, plane: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+def integral_images(planes: list[np.ndarray]) -> Integrals:
+    """The planes' integral images: ``I_p[y, x]`` = sum of plane ``p`` (``float (H_p, W_p)``) over rows
+    ``< y`` and columns ``< x``, in float64 (summed down the columns first, then along the rows)."""
+    shapes = [tuple(p.shape) for p in planes]
+    lengths = np.array([(h + 1) * (w + 1) for h, w in shapes], dtype=np.int64)
+    offset = np.cumsum(lengths) - lengths
+    flat = torch.empty(int(lengths.sum()), dtype=torch.float64)
+    for p, o, (h, w) in zip(planes, offset.tolist(), shapes):
+        view = flat[o:o + (h + 1) * (w + 1)].view(h + 1, w + 1)
+        p = np.asarray(p)
+        p = np.ascontiguousarray(p, dtype=p.dtype if p.dtype in (np.float32, np.float64) else np.float64)
+        torch.cumsum(torch.from_numpy(p), dim=0, dtype=torch.float64, out=view[1:, 1:])  # down the columns first
+        view[1:, 1:].cumsum_(dim=1)
+        view[0] = 0
+        view[1:, 0] = 0
+    sizes = torch.tensor([[w, h] for h, w in shapes], dtype=torch.float64).reshape(-1, 2)
+    return Integrals(flat, torch.from_numpy(offset), sizes)
+
+
+def _lookup(flat: torch.Tensor, off: torch.Tensor, stride: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
             w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """Bilinear value of ``integral[plane]`` at continuous ``(x, y)`` (already clamped to the plane,
-    whose width and height are ``w``, ``h``).
-
-    The cell is found within the plane's own size, not the padded tensor's: at its far border
-    (``x == w``) the value is read from the last cell with weight 1, so the derivative there is
-    the plane's last column (row), as it is for the largest plane of a chunk, not the flat
-    padding beyond it, and a box gets the same gradient however its chunk is padded."""
-    _, hp, wp = integral.shape
-    x0 = torch.minimum(x.detach().floor(), w - 1).clamp(0, wp - 2)
-    y0 = torch.minimum(y.detach().floor(), h - 1).clamp(0, hp - 2)
+    """Bilinear value of each box's integral image (``flat[off:]``, rows ``stride`` long) at
+    continuous ``(x, y)`` (already clipped to the plane, whose width and height are ``w``, ``h``).
+    At the far border (``x == w``) the value is read from the last cell with weight 1, so the
+    derivative there is the plane's last column (row)."""
+    x0 = torch.minimum(x.detach().floor(), w - 1).clamp(min=0)
+    y0 = torch.minimum(y.detach().floor(), h - 1).clamp(min=0)
     fx, fy = x - x0, y - y0
-    base = plane * (hp * wp) + y0.long() * wp + x0.long()
-    flat = integral.reshape(-1)
+    base = off + y0.long() * stride + x0.long()
     v00, v01 = flat[base], flat[base + 1]
-    v10, v11 = flat[base + wp], flat[base + wp + 1]
+    v10, v11 = flat[base + stride], flat[base + stride + 1]
     return (v00 * (1 - fx) + v01 * fx) * (1 - fy) + (v10 * (1 - fx) + v11 * fx) * fy
 
 
-def box_sums(integral: torch.Tensor, plane: torch.Tensor, boxes: torch.Tensor,
+def box_sums(integral: Integrals, plane: torch.Tensor, boxes: torch.Tensor,
              sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum and area of each box's plane inside the box, the box clipped to its plane.
 
     Args:
-        integral (DoubleTensor[P, H+1, W+1]): from :func:`integral_images`.
+        integral: from :func:`integral_images`.
         plane (LongTensor[N]): each box's plane.
         boxes (Tensor[N, 4]): x1, y1, x2, y2 in pixels (continuous).
         sizes (Tensor[N, 2]): each box's plane width, height.
     Returns:
         (Tensor[N], Tensor[N]): sums and clipped areas.
     """
-    w, h = sizes[:, 0], sizes[:, 1]
+    stride = (sizes[:, 0] + 1).long()
+    return _box_sums(integral.flat, integral.offset[plane], stride, boxes, sizes[:, 0], sizes[:, 1])
+
+
+def _box_sums(flat, off, stride, boxes, w, h) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`box_sums` with each box's integral image at ``flat[off:]`` in rows ``stride`` long."""
     zero = torch.zeros_like(w)
     x1 = _clip(boxes[:, 0], zero, w)
     y1 = _clip(boxes[:, 1], zero, h)
     x2 = torch.maximum(_clip(boxes[:, 2], zero, w), x1)
     y2 = torch.maximum(_clip(boxes[:, 3], zero, h), y1)
-    s = (_lookup(integral, plane, x2, y2, w, h) - _lookup(integral, plane, x1, y2, w, h)
-         - _lookup(integral, plane, x2, y1, w, h) + _lookup(integral, plane, x1, y1, w, h))
+    s = (_lookup(flat, off, stride, x2, y2, w, h) - _lookup(flat, off, stride, x1, y2, w, h)
+         - _lookup(flat, off, stride, x2, y1, w, h) + _lookup(flat, off, stride, x1, y1, w, h))
     return s, (x2 - x1) * (y2 - y1)
 
 
@@ -192,39 +204,60 @@ def stop_points(points: np.ndarray, boxes: np.ndarray, groups, stop: str) -> lis
 
 def _project(boxes: torch.Tensor, old: torch.Tensor, sizes: torch.Tensor, own: torch.Tensor,
              has_own: torch.Tensor, others: torch.Tensor, others_mask: torch.Tensor) -> None:
-    """Apply the constraints in place (see the module docstring)."""
-    margin = 1e-3
-    w, h = sizes[:, 0], sizes[:, 1]
-    # other points of the class: set back the side that crossed one, the least overshooting side
-    for q in range(others.shape[1]):
-        px, py = others[:, q, 0], others[:, q, 1]
-        inside_new = (boxes[:, 0] <= px) & (px <= boxes[:, 2]) & (boxes[:, 1] <= py) & (py <= boxes[:, 3])
-        inside_old = (old[:, 0] <= px) & (px <= old[:, 2]) & (old[:, 1] <= py) & (py <= old[:, 3])
-        hit = others_mask[:, q] & inside_new & ~inside_old
-        if not bool(hit.any()):
-            continue
-        inf = torch.full_like(px, float("inf"))
-        over = torch.stack([
-            torch.where(px < old[:, 0], px - boxes[:, 0], inf),   # x1 moved left past the point
-            torch.where(py < old[:, 1], py - boxes[:, 1], inf),
-            torch.where(px > old[:, 2], boxes[:, 2] - px, inf),   # x2 moved right past it
-            torch.where(py > old[:, 3], boxes[:, 3] - py, inf),
-        ], dim=1)
-        side = over.argmin(dim=1)
-        limit = torch.stack([px + margin, py + margin, px - margin, py - margin], dim=1)
-        rows = hit.nonzero().squeeze(1)
-        boxes[rows, side[rows]] = limit[rows, side[rows]]
+    """Apply the constraints in place (see the module docstring); ``sizes``: each box's plane width, height."""
+    if others.shape[1]:
+        _stop(boxes, old, others, others_mask)
     # own point stays inside
-    x, y = own[:, 0], own[:, 1]
-    boxes[:, 0] = torch.where(has_own, torch.minimum(boxes[:, 0], x), boxes[:, 0])
-    boxes[:, 1] = torch.where(has_own, torch.minimum(boxes[:, 1], y), boxes[:, 1])
-    boxes[:, 2] = torch.where(has_own, torch.maximum(boxes[:, 2], x), boxes[:, 2])
-    boxes[:, 3] = torch.where(has_own, torch.maximum(boxes[:, 3], y), boxes[:, 3])
+    has = has_own[:, None]
+    boxes[:, :2] = torch.where(has, torch.minimum(boxes[:, :2], own), boxes[:, :2])
+    boxes[:, 2:] = torch.where(has, torch.maximum(boxes[:, 2:], own), boxes[:, 2:])
     # image bounds, 1 px at least
-    boxes[:, 0] = torch.minimum(boxes[:, 0].clamp(min=0), w - 1)
-    boxes[:, 1] = torch.minimum(boxes[:, 1].clamp(min=0), h - 1)
-    boxes[:, 2] = torch.maximum(torch.minimum(boxes[:, 2], w), boxes[:, 0] + 1)
-    boxes[:, 3] = torch.maximum(torch.minimum(boxes[:, 3], h), boxes[:, 1] + 1)
+    boxes[:, :2] = torch.minimum(boxes[:, :2].clamp(min=0), sizes - 1)
+    boxes[:, 2:] = torch.maximum(torch.minimum(boxes[:, 2:], sizes), boxes[:, :2] + 1)
+
+
+def _stop(boxes: torch.Tensor, old: torch.Tensor, others: torch.Tensor, others_mask: torch.Tensor) -> None:
+    """Where a box took in a stop point (``others``: ``(N, Q, 2)``), set back the side that crossed it,
+    point by point in their order, each box's first point first: a set-back only shrinks a box, so
+    after it only a later point that the box still holds needs one (in rounds, all boxes at once)."""
+    px, py = others[..., 0], others[..., 1]
+    fresh = others_mask & ~_inside(old, px, py)  # points each box did not hold before the step
+    hit = fresh & _inside(boxes, px, py)
+    any_hit = hit.any(dim=1)
+    if not bool(any_hit.any()):
+        return
+    rows = any_hit.nonzero().flatten()
+    hit = hit[rows]
+    cols = torch.arange(others.shape[1])
+    while len(rows):
+        q = hit.to(torch.uint8).argmax(dim=1)  # the first point each box took in
+        b = _set_back(boxes[rows], old[rows], px[rows, q], py[rows, q])
+        boxes[rows] = b
+        hit = fresh[rows] & (cols > q[:, None]) & _inside(b, px[rows], py[rows])
+        more = hit.any(dim=1)
+        rows, hit = rows[more], hit[more]
+
+
+def _inside(boxes: torch.Tensor, px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
+    """``bool (N, Q)``: point ``q`` of box ``n`` (``px``, ``py``: ``(N, Q)``) lies in the box."""
+    b = boxes[:, :, None]
+    return (b[:, 0] <= px) & (px <= b[:, 2]) & (b[:, 1] <= py) & (py <= b[:, 3])
+
+
+def _set_back(boxes: torch.Tensor, old: torch.Tensor, px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
+    """``boxes`` that took in their point ``(px, py)`` with the side that crossed it (the least
+    overshooting one) set back to just short of it."""
+    margin = 1e-3
+    inf = torch.full_like(px, float("inf"))
+    over = torch.stack([
+        torch.where(px < old[:, 0], px - boxes[:, 0], inf),   # x1 moved left past the point
+        torch.where(py < old[:, 1], py - boxes[:, 1], inf),
+        torch.where(px > old[:, 2], boxes[:, 2] - px, inf),   # x2 moved right past it
+        torch.where(py > old[:, 3], boxes[:, 3] - py, inf),
+    ], dim=1)
+    side = over.argmin(dim=1, keepdim=True)
+    limit = torch.stack([px + margin, py + margin, px - margin, py - margin], dim=1)
+    return boxes.scatter(1, side, limit.gather(1, side))
 
 
 def refine_boxes(planes: list[np.ndarray], plane_index, boxes, cfg: CCGRConfig, *,
@@ -252,12 +285,11 @@ def refine_boxes(planes: list[np.ndarray], plane_index, boxes, cfg: CCGRConfig, 
     others = others if others is not None else [np.zeros((0, 2))] * n
     out = boxes.copy()
     done = 0
-    for idx in _chunks(planes, plane_index, cfg):
-        used = np.unique(plane_index[idx])
-        remap = {int(p): i for i, p in enumerate(used)}
-        local = np.array([remap[int(p)] for p in plane_index[idx]], dtype=np.int64)
-        out[idx] = _refine_chunk([planes[p] for p in used], local, boxes[idx], points[idx],
-                                 [others[i] for i in idx], cfg)
+    for idx in _chunks(planes, plane_index, cfg):  # a chunk's integral images are built, used and dropped
+        if cfg.steps:
+            used, local = np.unique(plane_index[idx], return_inverse=True)
+            out[idx] = _refine_chunk(integral_images([planes[p] for p in used]), local.reshape(-1), boxes[idx],
+                                     points[idx], [others[i] for i in idx], cfg)
         done += len(idx)
         if progress:
             progress(done, n)
@@ -266,72 +298,85 @@ def refine_boxes(planes: list[np.ndarray], plane_index, boxes, cfg: CCGRConfig, 
 
 def _chunks(planes, plane_index: np.ndarray, cfg: CCGRConfig):
     """Box indices in chunks of at most ``cfg.chunk`` boxes whose planes hold at most
-    ``cfg.chunk_pixels`` pixels (padded to the largest plane; a plane is never split)."""
+    ``cfg.chunk_pixels`` pixels (a plane is never split)."""
     order = np.argsort(plane_index, kind="stable")
     chunk: list[int] = []
     seen: set[int] = set()
-    hmax = wmax = 0
+    pixels = 0
     for i in order:
         p = int(plane_index[i])
         if p not in seen:
             h, w = planes[p].shape
-            grown = (len(seen) + 1) * max(hmax, h) * max(wmax, w)
-            if chunk and (grown > cfg.chunk_pixels or len(chunk) >= cfg.chunk):
+            if chunk and (pixels + h * w > cfg.chunk_pixels or len(chunk) >= cfg.chunk):
                 yield np.array(chunk)
-                chunk, seen, hmax, wmax = [], set(), 0, 0
+                chunk, seen, pixels = [], set(), 0
             seen.add(p)
-            hmax, wmax = max(hmax, h), max(wmax, w)
+            pixels += h * w
         elif len(chunk) >= cfg.chunk:
             yield np.array(chunk)
-            chunk, seen, hmax, wmax = [], {p}, *planes[p].shape
+            chunk, seen, pixels = [], {p}, planes[p].size
         chunk.append(int(i))
     if chunk:
         yield np.array(chunk)
 
 
-def _refine_chunk(planes, plane_index, boxes, points, others, cfg: CCGRConfig) -> np.ndarray:
+def _refine_chunk(integ: Integrals, plane_index, boxes, points, others, cfg: CCGRConfig) -> np.ndarray:
     n = len(boxes)
-    if n == 0 or cfg.steps == 0:
-        return boxes.copy()
-    integral = integral_images(planes)
-    plane = torch.from_numpy(plane_index)
-    sizes = torch.tensor([[planes[p].shape[1], planes[p].shape[0]] for p in plane_index], dtype=torch.float64)
+    plane = torch.from_numpy(np.ascontiguousarray(plane_index))
+    sizes = integ.sizes[plane]
+    off, stride, w, h = integ.offset[plane], (sizes[:, 0] + 1).long(), sizes[:, 0], sizes[:, 1]
     start = torch.from_numpy(boxes.copy())
     scale = (start[:, 2:] - start[:, :2]).clamp(min=1.0).repeat(1, 2)  # parameters in units of the box's sides
     own = torch.from_numpy(np.nan_to_num(points, nan=0.0))
     has_own = torch.from_numpy(~np.isnan(points).any(axis=1))
-    q = max((len(o) for o in others), default=0)
-    oth = torch.zeros((n, q, 2), dtype=torch.float64)
-    oth_mask = torch.zeros((n, q), dtype=torch.bool)
-    for i, o in enumerate(others):
-        if len(o):
-            oth[i, :len(o)] = torch.as_tensor(np.asarray(o, dtype=np.float64))
-            oth_mask[i, :len(o)] = True
+    lens = torch.tensor([len(o) for o in others], dtype=torch.int64)  # stop points, padded to (N, Qmax, 2)
+    oth_mask = torch.arange(int(lens.max())) < lens[:, None]
+    oth = torch.zeros((n, oth_mask.shape[1], 2), dtype=torch.float64)
+    oth[oth_mask] = torch.from_numpy(np.concatenate([np.asarray(o, dtype=np.float64).reshape(-1, 2) for o in others]))
     with torch.no_grad():
         b0 = start.clone()
         _project(b0, b0.clone(), sizes, own, has_own, oth, oth_mask)
     a_start = ((b0[:, 2] - b0[:, 0]) * (b0[:, 3] - b0[:, 1])).clamp(min=1.0)
     u = torch.zeros_like(start, requires_grad=True)
-    opt = torch.optim.Adam([u], lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
+    opt = _Adam(u, cfg.lr, cfg.steps)
     for _ in range(cfg.steps):
         b = b0 + u * scale
-        s_in, a_in = box_sums(integral, plane, b, sizes)
-        s_out, a_out = (box_sums(integral, plane, _context(b, cfg.context), sizes) if cfg.objective == "gap"
-                        else (None, None))
-        loss = _loss(cfg, s_in, a_in, s_out, a_out, a_start).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        s_in, a_in = _box_sums(integ.flat, off, stride, b, w, h)
+        s_out, a_out = (_box_sums(integ.flat, off, stride, _context(b, cfg.context), w, h)
+                        if cfg.objective == "gap" else (None, None))
+        (grad,) = torch.autograd.grad(_loss(cfg, s_in, a_in, s_out, a_out, a_start).sum(), u)
         with torch.no_grad():
             old = b.detach().clone()
-        opt.step()
-        sched.step()
-        with torch.no_grad():
+            opt.step(grad)
             new = b0 + u * scale
             _project(new, old, sizes, own, has_own, oth, oth_mask)
             u.copy_((new - b0) / scale)
     with torch.no_grad():
         return (b0 + u * scale).numpy()
+
+
+class _Adam:
+    """``torch.optim.Adam(lr=lr)`` (betas 0.9, 0.999, eps 1e-8) stepped under
+    ``CosineAnnealingLR(T_max=steps)``, the same arithmetic op for op (a test holds it to
+    torch.optim's, bit for bit), without torch.optim's one-off import of torch._dynamo (about a
+    second a process) and its per-step bookkeeping."""
+
+    def __init__(self, param: torch.Tensor, lr: float, steps: int) -> None:
+        self.param, self.lr, self.steps, self.t = param, lr, steps, 0
+        self.m, self.v = torch.zeros_like(param), torch.zeros_like(param)
+
+    def step(self, grad: torch.Tensor) -> None:
+        beta1, beta2, eps = 0.9, 0.999, 1e-8
+        self.t += 1
+        self.m.lerp_(grad, 1 - beta1)
+        self.v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step = float(self.t)
+        step_size = self.lr / (1 - beta1 ** step)
+        denom = (self.v.sqrt() / (1 - beta2 ** step) ** 0.5).add_(eps)
+        self.param.addcdiv_(self.m, denom, value=-step_size)
+        e, n = self.t, self.steps  # the schedule's recursive form, as CosineAnnealingLR.get_lr
+        if e <= n:
+            self.lr = (1 + math.cos(math.pi * e / n)) / (1 + math.cos(math.pi * (e - 1) / n)) * (self.lr - 0.0) + 0.0
 
 
 def crop_masks(plane: np.ndarray, boxes: np.ndarray, thr: float) -> list[np.ndarray]:

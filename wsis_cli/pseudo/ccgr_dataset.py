@@ -2,10 +2,11 @@
 score map (:mod:`wsis_cli.pseudo.scoremaps`), then cut into a mask.
 
 Images are taken in chunks of at most ``cfg.chunk_pixels`` plane pixels; all boxes of a chunk
-are optimised together (:func:`wsis_cli.pseudo.ccgr.refine_boxes`). Each annotation keeps its
-fields and gets the refined ``bbox``, a mask (plane > ``mask_thr`` inside the box), its ``area``
-and ``"wsis": {..., "method": "ccgr", "box_before": [x, y, w, h]}``; crowd regions are passed
-through as they are, after the refined boxes.
+are optimised together (:func:`wsis_cli.pseudo.ccgr.refine_boxes`) while two threads read the next
+chunk's score maps (each image's file once), so two chunks' planes are in memory at once. Each
+annotation keeps its fields and gets the refined ``bbox``, a mask (plane > ``mask_thr`` inside the
+box), its ``area`` and ``"wsis": {..., "method": "ccgr", "box_before": [x, y, w, h]}``; crowd
+regions are passed through as they are, after the refined boxes.
 """
 
 from __future__ import annotations
@@ -65,31 +66,66 @@ def _check_point(ds: Dataset, im: dict, a: dict) -> None:
                          ann_record(a))
 
 
-def _chunk(ds: Dataset, todo: list, start: int, maps_dir, cfg: CCGRConfig):
-    """The images ``todo[start:stop]`` whose planes fit ``cfg.chunk_pixels`` (one at least): returns
-    ``(stop, planes, rows)``, ``rows`` = ``(annotation, its plane's index)``."""
-    planes: list[np.ndarray] = []
-    plane_of: dict[tuple[int, int], int] = {}
-    rows: list[tuple[dict, int]] = []
-    pixels = 0
-    i = start
-    while i < len(todo) and (not rows or pixels + todo[i][0]["height"] * todo[i][0]["width"] <= cfg.chunk_pixels):
-        im, anns = todo[i]
-        path = map_path(maps_dir, im)
-        record = f"image {im['id']} ({im['file_name']})"
-        maps = read_score_maps(path, height=im["height"], width=im["width"], record=record)
-        for a in anns:
-            key = (im["id"], a["category_id"])
-            if key not in plane_of:
-                if a["category_id"] not in maps:
-                    raise InputError(str(path), f"has no plane for category {a['category_id']}, needed by "
-                                                f"{ann_record(a)} of {ds.path}", record)
-                plane_of[key] = len(planes)
-                planes.append(maps[a["category_id"]])
-                pixels += im["height"] * im["width"]
-            rows.append((a, plane_of[key]))
-        i += 1
-    return i, planes, rows
+def _chunks(todo: list, cfg: CCGRConfig):
+    """``(start, stop)`` of each run of ``todo``'s images whose planes (one per class with a box) hold
+    at most ``cfg.chunk_pixels`` pixels: an image is taken while one plane of it still fits, and the
+    first of a run always."""
+    start = 0
+    while start < len(todo):
+        stop, pixels = start, 0
+        while stop < len(todo):
+            im, anns = todo[stop]
+            if stop > start and pixels + im["height"] * im["width"] > cfg.chunk_pixels:
+                break
+            pixels += im["height"] * im["width"] * len({a["category_id"] for a in anns})
+            stop += 1
+        yield start, stop
+        start = stop
+
+
+def _image_planes(ds: Dataset, im: dict, anns: list[dict], maps_dir) -> dict[int, np.ndarray]:
+    """``{category id: plane}`` for the classes of the image's boxes, in their order, from its score
+    map file (read once)."""
+    path = map_path(maps_dir, im)
+    record = f"image {im['id']} ({im['file_name']})"
+    maps = read_score_maps(path, height=im["height"], width=im["width"], record=record)
+    planes = {}
+    for a in anns:
+        if a["category_id"] not in planes:
+            if a["category_id"] not in maps:
+                raise InputError(str(path), f"has no plane for category {a['category_id']}, needed by "
+                                            f"{ann_record(a)} of {ds.path}", record)
+            planes[a["category_id"]] = maps[a["category_id"]]
+    return planes
+
+
+def _read_ahead(ds: Dataset, todo: list, maps_dir, cfg: CCGRConfig):
+    """Per chunk of images (:func:`_chunks`): ``(planes, rows)``, ``rows`` = ``(annotation, its plane's
+    index)``. The next chunk's files are read on two threads while the caller works on this one; a
+    fault in one is raised when the caller reaches its image."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bounds = list(_chunks(todo, cfg))
+    pool = ThreadPoolExecutor(2, thread_name_prefix="ccgr-maps")
+
+    def submit(k: int) -> list:
+        return [pool.submit(_image_planes, ds, im, anns, maps_dir) for im, anns in todo[slice(*bounds[k])]]
+
+    try:
+        reads = submit(0) if bounds else []
+        for k in range(len(bounds)):
+            planes: list[np.ndarray] = []
+            rows: list[tuple[dict, int]] = []
+            for read, (_, anns) in zip(reads, todo[slice(*bounds[k])]):
+                index = {}
+                for cid, plane in read.result().items():
+                    index[cid] = len(planes)
+                    planes.append(plane)
+                rows.extend((a, index[a["category_id"]]) for a in anns)
+            reads = submit(k + 1) if k + 1 < len(bounds) else []  # the caller is done with chunk k - 1
+            yield planes, rows
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def pseudolabel_ccgr(ds: Dataset, *, maps_dir: str | Path, cfg: CCGRConfig, seed: int = 0,
@@ -105,9 +141,7 @@ def pseudolabel_ccgr(ds: Dataset, *, maps_dir: str | Path, cfg: CCGRConfig, seed
     summary = {"boxes": 0, "with_point": 0, "empty_masks": 0, "mean_box_iou_moved": None}
     moved: list[float] = []
     total = sum(len(a) for _, a in todo)
-    i = 0
-    while i < len(todo):
-        i, planes, rows = _chunk(ds, todo, i, maps_dir, cfg)
+    for planes, rows in _read_ahead(ds, todo, maps_dir, cfg):
         boxes = xywh_to_xyxy(np.array([a["bbox"] for a, _ in rows], dtype=np.float64).reshape(-1, 4))
         pidx = np.array([p for _, p in rows], dtype=np.int64)
         points = np.array([a["point"] if a.get("point") is not None else (np.nan, np.nan) for a, _ in rows],
