@@ -37,7 +37,8 @@ def test_mask_guided_n200_row_differs_from_the_paper():
 
 def test_parts_and_equivalent_full_images():
     rec = budget(strong=10, weak=100, weak_type="box")
-    assert rec["strong"] == {"images": 10, "seconds": 2397.0, "days": 2397.0 / SECONDS_PER_DAY}
+    assert rec["strong"] == {"images": 10, "seconds": 2397.0, "hours": pytest.approx(2397.0 / 3600),
+                             "days": pytest.approx(2397.0 / SECONDS_PER_DAY, rel=1e-11)}
     assert rec["weak"]["seconds"] == pytest.approx(3810.0)
     assert rec["total"]["hours"] == pytest.approx((2397 + 3810) / 3600)
     assert rec["equivalent_full_images"] == pytest.approx((2397 + 3810) / 239.7)
@@ -54,3 +55,50 @@ def test_overrides_change_the_model():
         CostModel(classes=1, classes_per_image=2)
 
 
+
+
+def _leaves(obj, path=""):
+    """Every (path, value) of a nested dict."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _leaves(v, f"{path}.{k}" if path else k)
+    else:
+        yield path, obj
+
+
+@pytest.mark.parametrize("strong, weak, weak_type", [(10, 30, "ilc"), (0, 0, "il"), (3, 7, "box"), (1, 0, "full")])
+def test_json_types_counts_int_times_float(strong, weak, weak_type):
+    rec = budget(strong=strong, weak=weak, weak_type=weak_type)
+    counts = {"strong.images", "weak.images", "cost_model.classes"}
+    for path, value in _leaves(rec):
+        if path == "weak.type":
+            assert value == weak_type
+        elif path in counts:
+            assert type(value) is int, (path, value)
+        else:  # seconds, hours, days, per-image seconds, averages, equivalent images: all floats
+            assert type(value) is float, (path, value)
+    assert {"seconds", "hours", "days"} <= set(rec["strong"]) and set(rec["total"]) == {"seconds", "hours", "days"}
+    # one rounding rule for every time: no float noise, and hours and days agree with seconds
+    for part in ("strong", "weak", "total"):
+        t = rec[part]
+        assert t["hours"] == pytest.approx(t["seconds"] / 3600, rel=1e-11)
+        assert t["days"] == pytest.approx(t["seconds"] / SECONDS_PER_DAY, rel=1e-11)
+
+
+def test_float_noise_is_trimmed_and_precision_kept():
+    rec = budget(strong=10, weak=30, weak_type="ilc")
+    assert rec["weak"]["seconds"] == 666.6  # 30 x 22.22, not 666.5999999999999
+    assert rec["total"]["days"] == 0.0354583333333  # 3063.6 s: 12 significant digits, not 3 places
+    assert budget(strong=1, weak=0)["total"]["days"] == pytest.approx(239.7 / SECONDS_PER_DAY, rel=1e-11)
+
+
+def test_counts_must_be_whole_numbers():
+    assert CostModel(classes=80.0).classes == 80 and type(CostModel(classes=80.0).classes) is int
+    assert type(CostModel(t_mask=60).t_mask) is float
+    with pytest.raises(WsisError, match="classes must be a whole number >= 0, got 20.5"):
+        CostModel(classes=20.5)
+    with pytest.raises(WsisError, match="strong image count must be a whole number >= 0, got 2.5"):
+        budget(strong=2.5, weak=0)
+    with pytest.raises(WsisError, match="weak image count must be a whole number >= 0, got -1"):
+        budget(strong=0, weak=-1)
+    assert budget(strong=2.0, weak=0)["strong"]["images"] == 2

@@ -241,3 +241,37 @@ def test_input_errors(runner, toy_detector, tmp_path):
         r = runner.invoke(app, ["predict", str(toy_detector["run"]), "--images", str(toy_detector["images"]),
                                 "--device", "cuda"])
         assert r.exit_code == 2 and "no CUDA device is available" in " ".join(r.output.replace("│", " ").split())
+
+
+def test_small_branch_fusion_with_the_mask_head(runner, toy_detector, plain, small_run, tmp_path):
+    """--fusion mask-head: the small branch's survivors get the mask model's own mask in their box
+    (what `Predictor.masks_in_boxes` gives), never an ellipse; --small-area moves the split."""
+    from wsis_cli.engine.predictor import Predictor
+    from wsis_cli.images import read_image
+
+    out = tmp_path / "fused.json"
+    r = predict(runner, toy_detector, "--dataset", toy_detector["gt"], "--small-branch", small_run,
+                "--fusion", "mask-head", "--small-area", 1e6, "--out", out)
+    assert r.exit_code == 0, r.output
+    m = re.search(r"; (\d+) from the small branch \((\d+) masks from the mask head\)", r.stderr)
+    assert m and m.group(1) == m.group(2), r.stderr
+    fused = json.loads(out.read_text())
+    plain_keys = {key(x) for x in plain["results"]}
+    new = [x for x in fused if key(x) not in plain_keys]
+    assert len(new) == int(m.group(1)) > 0
+    gt = json.loads(toy_detector["gt"].read_text())
+    files = {im["id"]: im["file_name"] for im in gt["images"]}
+    model = Predictor.from_run(toy_detector["run"], "cpu")
+    x = new[0]
+    rgb = read_image(toy_detector["images"] / files[x["image_id"]])
+    box = np.array(xywh_to_xyxy([x["bbox"]]), dtype=np.float32)
+    head = model.masks_in_boxes(rgb, box, np.array([x["category_id"]]))
+    # the RLE's bbox is rounded: compare masks on the written box, allowing its rounding
+    assert (mask_of(x) ^ head.masks[0]).sum() <= 0.02 * 128 * 128
+
+
+def test_fusion_options_go_with_a_small_branch(runner, toy_detector, small_run, tmp_path):
+    r = predict(runner, toy_detector, "--fusion", "mask-head", "--out", tmp_path / "o.json")
+    assert r.exit_code == 2 and "goes with --small-branch" in r.output
+    r = predict(runner, toy_detector, "--small-branch", small_run, "--fusion", "best", "--out", tmp_path / "o.json")
+    assert r.exit_code == 2 and "must be one of paper, mask-head, valid-or-head" in r.output

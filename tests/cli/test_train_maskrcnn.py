@@ -148,7 +148,8 @@ def test_boxes_only(runner, synth, tmp_path):
     # a box-only dataset without --boxes-only: one line that points at it, and no run folder
     r = train(runner, synth, "--out", tmp_path / "masks", "--epochs", 1, labels="box.json")
     assert one_line_error(r) == (f"wsis: error: {synth / 'box.json'}: no annotation has a mask; give --boxes-only "
-                                 "to train a detector, or make masks first (wsis pseudolabel grabcut)")
+                                 "to train a detector, --box-loss boxinst to train masks from the boxes, or make "
+                                 "masks first (wsis pseudolabel grabcut)")
     assert not (tmp_path / "masks").exists()
     # image-level labels alone give nothing to train on
     r = train(runner, synth, "--out", tmp_path / "ilc", "--epochs", 1, labels="ilc.json")
@@ -298,3 +299,162 @@ def test_imagenet_weights_offline(runner, synth, tmp_path, monkeypatch):
     assert line.startswith("wsis: error: --weights imagenet: cannot fetch https://")
     assert "(URLError)" in line and "--weights none" in line
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+# ----------------------------------------------------------------------------- --neck, the det label
+def test_neck_efpn_end_to_end(runner, synth, tmp_path):
+    from wsis_cli.engine.predictor import Predictor
+    from wsis_cli.models.necks import EnhancedFPN
+
+    run = tmp_path / "efpn"
+    r = train(runner, synth, "--out", run, "--epochs", 1, "--keep-epochs", 0, "--batch-size", 3, "--neck", "efpn")
+    assert r.exit_code == 0, r.output
+    assert "training maskrcnn resnet18 efpn (weights: none) on 3 images" in r.stderr, r.stderr
+    assert "epoch 1/1 (seg): loss " in r.stderr
+    assert json.loads((run / "config.json").read_text())["model"]["neck"] == "efpn"
+    assert metrics(run)[0]["loss"] > 0
+    last = weights(run / "last.pt")
+    for part in ("down", "short", "fuse"):  # the bottom-up and short paths are in the checkpoint
+        assert any(k.startswith(f"backbone.fpn.{part}.") for k in last), part
+    assert isinstance(Predictor.from_run(run).model.backbone.fpn, EnhancedFPN)
+    # the neck is part of the model: resuming it as an FPN is refused
+    r = train(runner, synth, "--resume", run, "--epochs", 2, "--keep-epochs", 0, "--batch-size", 3)
+    assert one_line_error(r) == (f"wsis: error: {run}: was trained with --neck 'efpn', not 'fpn'; --resume needs the "
+                                 "same options (or --overwrite instead, to start afresh)")
+    r = train(runner, synth, "--out", tmp_path / "bad", "--neck", "panet")
+    assert r.exit_code == 2 and "Invalid value for --neck: must be one of fpn, efpn" in flat(r.output)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_run_from_before_neck_resumes_and_loads_as_fpn(runner, synth, tmp_path):
+    from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
+
+    from wsis_cli.engine.predictor import Predictor
+
+    run = tmp_path / "old"
+    common = ["--batch-size", 3, "--keep-epochs", 0]
+    assert train(runner, synth, "--out", run, "--epochs", 1, *common).exit_code == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"].pop("neck") == "fpn"  # what config.json held before --neck
+    write(run / "config.json", config)
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(run / name, weights_only=True)
+        del state["config"]["neck"]
+        torch.save(state, run / name)
+    assert type(Predictor.from_run(run).model.backbone.fpn) is FeaturePyramidNetwork
+    r = train(runner, synth, "--resume", run, "--epochs", 2, *common)
+    assert r.exit_code == 0, r.output
+    assert f"resuming {run} after epoch 1" in r.stderr and [m["epoch"] for m in metrics(run)] == [1, 2]
+
+
+def test_box_only_epochs_are_called_detection_epochs(runner, synth, tmp_path):
+    # a Faster R-CNN trains no masks: its phase is det in the log, metrics.jsonl and last.pt
+    common = ["--batch-size", 3, "--lr", 0.02, "--seed", 7, "--keep-epochs", 0, "--boxes-only"]
+    straight = tmp_path / "straight"
+    r = train(runner, synth, "--out", straight, "--epochs", 2, *common, labels="box.json")
+    assert r.exit_code == 0, r.output
+    assert "epoch 1/2 (det): loss " in r.stderr and "epoch 2/2 (det): loss " in r.stderr
+    assert "(seg)" not in r.stderr
+    assert [m["phase"] for m in metrics(straight)] == ["det", "det"]
+    last = torch.load(straight / "last.pt", weights_only=True)
+    assert last["phase"] == "det" and [h["phase"] for h in last["history"]] == ["det", "det"]
+    # a box-only run from before the label (its last.pt says seg) resumes exactly: the optimiser
+    # state (SGD momentum) is picked up, so growing it to 2 epochs gives the straight run's weights
+    old = tmp_path / "old"
+    assert train(runner, synth, "--out", old, "--epochs", 1, *common, labels="box.json").exit_code == 0
+    state = torch.load(old / "last.pt", weights_only=True)
+    state["phase"] = "seg"
+    torch.save(state, old / "last.pt")
+    r = train(runner, synth, "--resume", old, "--epochs", 2, *common, labels="box.json")
+    assert r.exit_code == 0, r.output
+    assert same(weights(old / "last.pt"), weights(straight / "last.pt"))
+
+
+def test_epochs_help_names_both_kinds_of_training(runner):
+    r = runner.invoke(app, ["train", "maskrcnn", "--help"])
+    assert r.exit_code == 0
+    text = flat(r.output)
+    assert "Segmentation epochs." not in text and "detection (boxes) with --boxes-only" in text
+    assert "--neck" in text and "its extra layers start random" in text
+
+
+# ----------------------------------------------------------------------------- --box-loss, ignore regions, empty masks
+def test_box_loss_boxinst_trains_a_mask_rcnn_on_boxes_alone(runner, synth, tmp_path):
+    from wsis_cli.engine.predictor import Predictor
+
+    run = tmp_path / "boxinst"
+    r = train(runner, synth, "--out", run, "--epochs", 1, "--keep-epochs", 0, "--batch-size", 3,
+              "--box-loss", "boxinst", labels="box.json")
+    assert r.exit_code == 0, r.output
+    assert "training maskrcnn resnet18" in r.stderr
+    model = json.loads((run / "config.json").read_text())["model"]
+    assert model["architecture"] == "maskrcnn" and model["box_loss"] == "boxinst"
+    losses = metrics(run)[0]["losses"]
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_projection", "loss_pairwise",
+                           "loss_objectness", "loss_rpn_box_reg"}
+    assert losses["loss_mask"] == 0.0 and losses["loss_projection"] > 0  # no mask anywhere: only the box terms
+    state = weights(run / "best.pt")
+    assert any("mask_head" in k for k in state) and int(state["roi_heads.boxinst_iter"]) == 1
+    assert Predictor.from_run(run).has_masks
+    for args, hint in ((["--box-loss", "boxes"], "must be one of none, boxinst"),
+                       (["--box-loss", "boxinst", "--boxes-only"], "it trains the mask head; --boxes-only has none")):
+        r = train(runner, synth, "--out", tmp_path / "bad", *args, labels="box.json")
+        assert r.exit_code == 2 and f"Invalid value for --box-loss: {hint}" in flat(r.output), r.output
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_run_from_before_box_loss_and_only_invalid_resumes(runner, synth, tmp_path):
+    from wsis_cli.engine.predictor import Predictor
+
+    run = tmp_path / "old"
+    common = ["--batch-size", 3, "--keep-epochs", 0]
+    assert train(runner, synth, "--out", run, "--epochs", 1, *common).exit_code == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"].pop("box_loss") == "none" and config["train"].pop("only_invalid") is False
+    write(run / "config.json", config)
+    for name in ("last.pt", "best.pt"):  # what a run held before the two options
+        state = torch.load(run / name, weights_only=True)
+        del state["config"]["box_loss"], state["train"]["only_invalid"]
+        torch.save(state, run / name)
+    assert Predictor.from_run(run).model.roi_heads.box_loss == "none"
+    r = train(runner, synth, "--resume", run, "--epochs", 2, *common)
+    assert r.exit_code == 0, r.output
+    assert [m["epoch"] for m in metrics(run)] == [1, 2]
+    # the defaults it was given are its options now: another --box-loss is refused
+    r = train(runner, synth, "--resume", run, "--epochs", 3, *common, "--box-loss", "boxinst")
+    assert one_line_error(r) == (f"wsis: error: {run}: was trained with --box-loss 'none', not 'boxinst'; --resume "
+                                 "needs the same options (or --overwrite instead, to start afresh)")
+
+
+def test_only_invalid_ignores_the_valid_and_empty_masks_are_reported(runner, synth, tmp_path):
+    import numpy as np
+
+    from wsis_cli.coco import mask_to_rle
+
+    ds = json.loads((synth / "gt.json").read_text())
+    anns = ds["annotations"]
+    for k, a in enumerate(anns):
+        a["wsis"] = {"method": "grabcut", "valid": k % 2 == 0}
+    n_valid = sum(a["wsis"]["valid"] for a in anns)
+    im = ds["images"][0]
+    empty = dict(anns[0], id=max(a["id"] for a in anns) + 1, image_id=im["id"],
+                 segmentation=mask_to_rle(np.zeros((im["height"], im["width"]), bool)))
+    del empty["wsis"]  # not a GrabCut pseudo-label: --only-invalid keeps it
+    anns.append(empty)
+    write(tmp_path / "flags.json", ds)
+    r = train(runner, tmp_path, "--out", tmp_path / "small", "--epochs", 1, "--keep-epochs", 0, "--batch-size", 3,
+              "--only-invalid", "--images", synth / "images", labels="flags.json")
+    assert r.exit_code == 0, r.output
+    err = " ".join(r.stderr.split())
+    assert (f"--only-invalid: {n_valid} annotations with wsis.valid true are ignore regions (no loss near them, not "
+            "background)") in err
+    assert "--only-invalid: kept 1 annotations without wsis.valid (not GrabCut pseudo-labels)" in err
+    assert (f"warning: {tmp_path / 'flags.json'}: 1 annotations have an empty mask (0 pixels; the first: annotation "
+            f"{empty['id']} (image {im['id']})); they train as box-only annotations, not as empty masks") in err
+    assert json.loads((tmp_path / "small" / "config.json").read_text())["train"]["only_invalid"] is True
+    # --only-valid and --only-invalid: one line, and no run folder
+    r = train(runner, tmp_path, "--out", tmp_path / "both", "--only-valid", "--only-invalid", "--images",
+              synth / "images", labels="flags.json")
+    assert one_line_error(r) == ("wsis: error: --only-valid and --only-invalid exclude each other (the large branch "
+                                 "trains on valid masks, the small one on the invalid ones); give one")
+    assert not (tmp_path / "both").exists()

@@ -173,3 +173,71 @@ def test_fuse_with_grabcut_and_fuse_agree():
     b = fuse(large, small_branch_masks(img, small, CFG, seed=0)[0])
     np.testing.assert_array_equal(a.boxes, b.boxes)
     np.testing.assert_array_equal(a.masks, b.masks)
+
+
+# ----------------------------------------------------------------------------- HybridFusion rules
+class FixedPredictor:
+    """A stand-in for a Predictor: fixed detections, and a 'mask head' that fills the top half of
+    each given box (so its masks are told apart from GrabCut's and the ellipse)."""
+
+    def __init__(self, det, masks: bool):
+        self.det = det
+        self.has_masks = masks
+        self.config = {"architecture": "maskrcnn" if masks else "fasterrcnn", "category_ids": [1, 2]}
+        self.asked = []
+
+    def detect(self, images, score_thr=0.05):
+        return [self.det]
+
+    def masks_in_boxes(self, image, boxes, category_ids):
+        self.asked.append(np.asarray(boxes).copy())
+        m = np.zeros((len(boxes), H, W), bool)
+        for i, (x1, y1, x2, y2) in enumerate(np.asarray(boxes, int).reshape(-1, 4)):
+            m[i, y1:(y1 + y2) // 2, x1:x2] = True
+        return Detections(boxes, np.full(len(boxes), 0.5), category_ids, H, W, masks=m)
+
+
+def top_half(box):
+    x1, y1, x2, y2 = map(int, box)
+    m = np.zeros((H, W), bool)
+    m[y1:(y1 + y2) // 2, x1:x2] = True
+    return m
+
+
+@pytest.mark.parametrize("rule", ["paper", "mask-head", "valid-or-head"])
+def test_hybrid_fusion_rules(rule):
+    img, disc = scene()
+    large = dets([(100, 0, 190, 90, 0.6, 2)])  # one large instance
+    small_boxes = dets([(26, 26, 54, 54, 0.8, 1),       # the disc: GrabCut is valid here
+                        (140, 140, 180, 180, 0.7, 2)],  # flat colour: GrabCut is invalid
+                       masks=False)
+    big, small = FixedPredictor(large, True), FixedPredictor(small_boxes, False)
+    fusion = hybrid.HybridFusion(big, small, seed=0, rule=rule)
+    out = fusion({"id": 1}, img, large)
+    np.testing.assert_allclose(out.scores, [0.8, 0.7, 0.6])
+    np.testing.assert_array_equal(out.masks[2], large.masks[0])  # the large instance as it came
+    head = [top_half(b) for b in small_boxes.boxes]
+    if rule == "paper":
+        assert iou(out.masks[0], disc) > 0.7
+        np.testing.assert_array_equal(out.masks[1], ellipse_mask(small_boxes.boxes[1], H, W))
+        assert fusion.counts == {"from_small_branch": 2, "ellipses": 1, "mask_head": 0} and not big.asked
+    elif rule == "mask-head":
+        np.testing.assert_array_equal(out.masks[0], head[0])
+        np.testing.assert_array_equal(out.masks[1], head[1])
+        assert fusion.counts == {"from_small_branch": 2, "ellipses": 0, "mask_head": 2}
+    else:
+        assert iou(out.masks[0], disc) > 0.7  # valid GrabCut kept
+        np.testing.assert_array_equal(out.masks[1], head[1])  # the mask head instead of the ellipse
+        assert fusion.counts == {"from_small_branch": 2, "ellipses": 0, "mask_head": 1}
+
+
+def test_hybrid_fusion_small_area_and_rule_are_checked():
+    big, small = FixedPredictor(dets(LARGE), True), FixedPredictor(dets(SMALL, masks=False), False)
+    with pytest.raises(Exception, match="--fusion must be one of paper, mask-head, valid-or-head"):
+        hybrid.HybridFusion(big, small, rule="best")
+    with pytest.raises(Exception, match="--small-area must be a positive area"):
+        hybrid.HybridFusion(big, small, small_area=0)
+    # everything is "large" under a tiny split: the fused result is the large branch alone
+    fusion = hybrid.HybridFusion(big, small, small_area=1.0)
+    out = fusion({"id": 1}, scene()[0], big.det)
+    np.testing.assert_allclose(out.boxes, big.det.boxes[np.argsort(-big.det.scores)])

@@ -231,7 +231,7 @@ def test_pseudolabel_net_round_trip():
     assert summary == {"images": 4, "detected": 1, "instances": 6,
                        "by_source": {"full": 1, "box": 1, "ilc": 2, "il": 2},
                        "short_of_count": 0, "images_short": 0, "il_empty": 0, "empty_masks": 0,
-                       "unlabelled_images": 0}
+                       "unlabelled_images": 0, "low_iou": 0}
 
     # a labelled image in which nothing is found is left out (training would take it for background)
     from wsis_cli.detections import Detections
@@ -243,6 +243,20 @@ def test_pseudolabel_net_round_trip():
     out2, summary2 = labels2.to_dataset(), labels2.summary
     assert 1 not in [im["id"] for im in out2.images] and summary2["unlabelled_images"] == 1
     assert 4 in [im["id"] for im in out2.images]  # an image without labels stays (a true negative)
+
+
+def test_min_iou_marks_doubtful_instances_invalid_for_ignore_regions():
+    """--min-iou: detected instances predicted below it stay, marked wsis.valid false, so that
+    `train maskrcnn --only-valid` makes them ignore regions; kept (full) records are untouched."""
+    ds = weak_dataset()
+    labels = pseudolabel_net(ds, ds.images, lambda im: DET, lambda im: FakeMasksInBoxes(), min_iou=0.5)
+    out = labels.to_dataset()
+    valid = [(a.get("iou"), (a.get("wsis") or {}).get("valid")) for a in out.annotations]
+    assert valid == [(0.2, False), (0.5, None), (0.6, None), (0.8, None), (0.4, False), (None, None)]
+    assert labels.summary["low_iou"] == 2 and out.info["wsis"]["options"]["min_iou"] == 0.5
+    from wsis_cli.pseudo.net import summary_line
+
+    assert "2 below --min-iou, marked wsis.valid false" in summary_line(labels.summary, 4)
 
 
 def test_pseudolabel_net_counts_shortfalls_and_checks_sizes():

@@ -18,7 +18,8 @@ def budget(
     weak_type: Annotated[str, typer.Option("--weak-type", help="Weak label type: il, ilc, box or full.")] = "ilc",
     as_json: JsonFlag = False,
     out: Annotated[str | None, typer.Option("--out", "-o", help="Also write the JSON record to this file.")] = None,
-    classes: Annotated[float, typer.Option("--classes", help="C: classes in the label set.")] = 20.0,
+    classes: Annotated[int, typer.Option("--classes", min=0, help="C: classes in the label set (a whole number).")
+                       ] = 20,
     classes_per_image: Annotated[float, typer.Option("--classes-per-image", help="c̄: classes present per image.")] = 1.5,
     objects_per_image: Annotated[float, typer.Option("--objects-per-image", help="n̄: objects per image.")] = 2.8,
     t_class: Annotated[float, typer.Option("--t-class", help="Seconds to verify one class.")] = 1.0,
@@ -29,7 +30,8 @@ def budget(
 ) -> None:
     """Annotation cost in seconds, hours and days (the mask-guided paper's Table 1 model).
 
-    A table goes to stderr; --json prints the record on stdout, --out writes it to a file.
+    A table goes to stderr; --json prints the record on stdout, --out writes it to a file. In the
+    record counts (images, classes) are integers and times (seconds, hours, days) floats.
 
     Defaults are the paper's Pascal VOC figures: 20 s (il), 22.22 s (ilc), 38.1 s (box) and
     239.7 s (full) per image. Days are 86,400 s.
@@ -71,9 +73,9 @@ def _print_table(rec: dict) -> None:
         t.add_column(col, justify="left" if col in ("part", "type") else "right")
     s, w, tot = rec["strong"], rec["weak"], rec["total"]
     t.add_row("strong", f"{s['images']:,}", "full", f"{per['full']:.2f}", f"{s['seconds']:,.0f}",
-              f"{s['seconds'] / 3600:,.1f}", f"{s['days']:.2f}")
+              f"{s['hours']:,.1f}", f"{s['days']:.2f}")
     t.add_row("weak", f"{w['images']:,}", w["type"], f"{per[w['type']]:.2f}", f"{w['seconds']:,.0f}",
-              f"{w['seconds'] / 3600:,.1f}", f"{w['days']:.2f}")
+              f"{w['hours']:,.1f}", f"{w['days']:.2f}")
     t.add_row("total", f"{s['images'] + w['images']:,}", "", "", f"{tot['seconds']:,.0f}",
               f"{tot['hours']:,.1f}", f"{tot['days']:.2f}", style="bold")
     console.print(t)

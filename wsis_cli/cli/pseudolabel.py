@@ -154,6 +154,10 @@ def net(
     score_thr: Annotated[float, typer.Option("--score-thr", min=0.0, max=1.0,
                                              help="IL labels (no count): keep detections scoring at least this.")
                          ] = 0.05,
+    min_iou: Annotated[float | None, typer.Option("--min-iou", min=0.0, max=1.0,
+                                                  help="Mark detected instances whose predicted mask IoU is below "
+                                                       "this wsis.valid false (needs the IoU head): `train maskrcnn "
+                                                       "--only-valid` then ignores them.")] = None,
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
@@ -172,7 +176,8 @@ def net(
     ds = load_dataset(weak)
     predictor = Predictor.from_run(model, device)
     with progress_bar("pseudolabel net") as progress:
-        labels = pseudolabel_with_model(ds, images, predictor, rank=rank, score_thr=score_thr, name=str(model),
+        labels = pseudolabel_with_model(ds, images, predictor, rank=rank, score_thr=score_thr, min_iou=min_iou,
+                                        name=str(model),
                                         options={"weak": display_name(weak), "images": str(images),
                                                  "model": str(model)}, progress=progress)
     result = labels.to_dataset()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from wsis_cli.cli.io import cli_errors, info, progress_bar
+from wsis_cli.cli.io import cli_errors, info, progress_bar, warn
 from wsis_cli.cli.options import Device, ImagesDir, Overwrite, Quiet, Seed, Threads
 from wsis_cli.models import CLASSIFIER_BACKBONES, DETECTOR_BACKBONES, IOU_TARGETS
 
@@ -80,7 +80,8 @@ def classifier(
 @cli_errors
 def maskrcnn(
     train_json: Annotated[str, typer.Argument(metavar="TRAIN.json", help="COCO dataset: annotations with masks train "
-                                                                         "everything, box-only ones the box branch; "
+                                                                         "everything, box-only ones the box branch "
+                                                                         "(and the masks with --box-loss boxinst); "
                                                                          "'-' = stdin.")],
     images: ImagesDir,
     out: Annotated[Path | None, typer.Option("--out", "-o", file_okay=False,
@@ -92,7 +93,9 @@ def maskrcnn(
                                                            "detector; class layers random), none (random) or a local "
                                                            ".pth file; imagenet/coco are downloaded once to the torch "
                                                            "hub cache, so offline use none or a path.")] = "imagenet",
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Segmentation epochs.")] = 12,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs of training the detector: segmentation "
+                                                                "(boxes and masks), or detection (boxes) with "
+                                                                "--boxes-only; --iou-epochs come after.")] = 12,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per step (per process).")] = 2,
     lr: Annotated[float, typer.Option("--lr", help="SGD learning rate after warm-up (cosine decay).")] = 0.02,
     warmup_iters: Annotated[int, typer.Option("--warmup-iters", min=0, help="Linear warm-up iterations from lr/1000 "
@@ -109,8 +112,15 @@ def maskrcnn(
                                                           "epoch picks best.pt.")] = None,
     val_images: Annotated[Path | None, typer.Option("--val-images", exists=True, file_okay=False,
                                                     help="Image folder of --val (default: --images).")] = None,
-    only_valid: Annotated[bool, typer.Option("--only-valid", help="Leave out annotations whose wsis.valid is false "
-                                                                  "(the hybrid paper's large branch).")] = False,
+    only_valid: Annotated[bool, typer.Option("--only-valid", help="Train on the annotations whose wsis.valid is "
+                                                                  "not false; the invalid ones become ignore regions "
+                                                                  "(no loss near them, not background): the hybrid "
+                                                                  "paper's large branch.")] = False,
+    only_invalid: Annotated[bool, typer.Option("--only-invalid", help="Train on the annotations whose wsis.valid is "
+                                                                      "false (and those without the flag: not GrabCut "
+                                                                      "pseudo-labels); the valid ones become ignore "
+                                                                      "regions. With --boxes-only: the hybrid paper's "
+                                                                      "small branch.")] = False,
     boxes_only: Annotated[bool, typer.Option("--boxes-only", help="Train a Faster R-CNN detector on boxes (the "
                                                                   "hybrid paper's small branch).")] = False,
     iou_head: Annotated[bool, typer.Option("--iou-head", help="Add a mask-IoU branch, trained after segmentation "
@@ -120,6 +130,15 @@ def maskrcnn(
     iou_epochs: Annotated[int, typer.Option("--iou-epochs", min=1, help="Epochs of IoU-branch training.")] = 3,
     iou_lr: Annotated[float, typer.Option("--iou-lr", help="Adam learning rate of the IoU branch.")] = 1e-3,
     fpn_channels: Annotated[int, typer.Option("--fpn-channels", min=8, help="FPN and mask-head width.")] = 256,
+    box_loss: Annotated[str, typer.Option("--box-loss", help="What trains the mask head on box-only annotations: "
+                                                             "none (they train the box branch only) or boxinst "
+                                                             "(BoxInst's projection and colour-pairwise terms; a "
+                                                             "dataset of boxes alone then trains a Mask R-CNN).")
+                        ] = "none",
+    neck: Annotated[str, typer.Option("--neck", help="fpn (torchvision's FPN) or efpn (the hybrid paper's "
+                                                     "Enhanced-FPN: FPN plus a bottom-up path and a short path from "
+                                                     "the lowest level; with --weights coco its FPN part is loaded, "
+                                                     "its extra layers start random).")] = "fpn",
     head_channels: Annotated[int, typer.Option("--head-channels", min=8, help="Box-head MLP width.")] = 1024,
     keep_epochs: Annotated[int, typer.Option("--keep-epochs", min=-1, help="Per-epoch model files kept in "
                                                                            "RUN/epochs (-1: all, 0: none).")] = 3,
@@ -162,18 +181,28 @@ def maskrcnn(
         raise typer.BadParameter(f"{weights}: no such file (give imagenet, coco, none or a local .pth file)",
                                  param_hint="--weights")
     from wsis_cli.engine.train_detector import DetectorConfig, train_detector
+    from wsis_cli.models.necks import NECKS
 
+    if neck not in NECKS:
+        raise typer.BadParameter(f"must be one of {', '.join(NECKS)}", param_hint="--neck")
+    from wsis_cli.models.box_losses import BOX_LOSSES
+
+    if box_loss not in BOX_LOSSES:
+        raise typer.BadParameter(f"must be one of {', '.join(BOX_LOSSES)}", param_hint="--box-loss")
+    if boxes_only and box_loss != "none":
+        raise typer.BadParameter("it trains the mask head; --boxes-only has none", param_hint="--box-loss")
     ds = load_dataset(train_json)
     val_pair = (load_dataset(val), val_images or images) if val is not None else None
     cfg = DetectorConfig(backbone=backbone, weights=weights, epochs=epochs, batch_size=batch_size, lr=lr,
                          warmup_iters=warmup_iters, min_size=min_size, max_size=max_size, flip=flip,
                          scale_jitter=scale_jitter, amp=amp, seed=seed, workers=workers, only_valid=only_valid,
+                         only_invalid=only_invalid, box_loss=box_loss,
                          boxes_only=boxes_only, iou_head=iou_head, iou_target=iou_target, iou_epochs=iou_epochs,
-                         iou_lr=iou_lr, fpn_channels=fpn_channels, head_channels=head_channels,
+                         iou_lr=iou_lr, fpn_channels=fpn_channels, head_channels=head_channels, neck=neck,
                          keep_epochs=keep_epochs, threads=threads)
     with progress_bar("training", unit="it") as progress:
         summary = train_detector(ds, images, cfg, run=run, device=dev, resume=resume is not None, overwrite=overwrite,
-                                 val=val_pair, progress=progress, log=info)
+                                 val=val_pair, progress=progress, log=info, warn=warn)
     if summary["iterations"] and summary["history"] and summary.get("rank", 0) == 0:
         h, best = summary["history"], summary["best"]
         extra = f", best val mAP@0.5 {best['map50']:.3f} (epoch {best['epoch']})" if best.get("map50") is not None else ""

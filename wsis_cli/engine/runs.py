@@ -29,10 +29,16 @@ def _option(key: str) -> str:
 
 
 def check_resume(state: dict, *, run: Path, version: int, config: dict, train: dict, model_keys: Iterable[str],
-                 train_keys: Iterable[str], world: int | None = None) -> None:
+                 train_keys: Iterable[str], world: int | None = None, defaults: dict | None = None) -> None:
     """WsisError unless the checkpoint ``state`` was made by this ``version`` with the same model
     ``config`` (``model_keys``), the same data fingerprint (``train["data"]``), the same training
-    options (``train_keys``) and, for DDP, the same number of processes."""
+    options (``train_keys``) and, for DDP, the same number of processes. ``defaults``: keys added
+    after a run was made, and the value a run without them had (they are filled into ``state``)."""
+    for part in ("config", "train"):
+        for key, value in (defaults or {}).items():
+            state.setdefault(part, {})
+            if key in (model_keys if part == "config" else train_keys):
+                state[part].setdefault(key, value)
     if state.get("version") != version:
         raise WsisError(f"{run}: checkpoint version {state.get('version')} is not {version}; cannot resume it")
     old_cfg, old_train = state.get("config", {}), state.get("train", {})

@@ -2,9 +2,9 @@
 :mod:`wsis_cli.engine.detection_data` for what it trains on) into a run folder (see
 :mod:`wsis_cli.engine.runs`).
 
-Schedule: ``epochs`` of segmentation training (SGD, linear warm-up then cosine decay, flips and
-scale jitter), then, with an IoU head, ``iou_epochs`` in which everything but the IoU branch is
-frozen and only the IoU branch learns (Adam, L1 loss on ``t(IoU)``): the paper's best recipe.
+Schedule: ``epochs`` of phase ``seg`` (``det`` for a box-only model: boxes, no masks; SGD, warm-up
+then cosine decay, flips, scale jitter), then, with an IoU head, ``iou_epochs`` in which all but the
+IoU branch is frozen and only it learns (Adam, L1 loss on ``t(IoU)``): the paper's best recipe.
 With a validation set the IoU branch is trained on the best segmentation epoch's weights.
 
 ``best.pt`` is the model of the best epoch by validation mAP@0.5, with the IoU branch trained on
@@ -29,15 +29,8 @@ import torch
 from wsis_cli import __version__
 from wsis_cli.coco import Dataset
 from wsis_cli.engine.checkpoint import damaged_checkpoint, load_checkpoint
-from wsis_cli.engine.detection_data import (
-    TORCH,
-    DetectionImages,
-    TrainSet,
-    check_validation_set,
-    collate_detection,
-    epoch_batches,
-    training_set,
-)
+from wsis_cli.engine.detection_data import (TORCH, DetectionImages, TrainSet, check_validation_set, collate_detection,
+                                            epoch_batches, training_set)
 from wsis_cli.engine.device import resolve_device
 from wsis_cli.engine.distributed import DistContext, dist_context
 from wsis_cli.engine.loop import (amp_on, interrupt_note, keeps_torch_threads, make_loader, make_scaler, set_threads,
@@ -46,6 +39,7 @@ from wsis_cli.engine.predictor import Predictor
 from wsis_cli.engine.rng import torch_seed
 from wsis_cli.engine.runs import EpochWriter, check_resume, commit_epoch, prepare_run, snapshot
 from wsis_cli.errors import WsisError
+from wsis_cli.models.box_losses import PAIRWISE_WARMUP
 from wsis_cli.models.detector import FORMAT, VERSION, build_detector, model_config
 
 __all__ = ["FORMAT", "DetectorConfig", "train_detector"]
@@ -55,9 +49,10 @@ WEIGHT_DECAY = 1e-4
 CLIP_NORM = 10.0
 JITTER = (0.8, 0.9, 1.1, 1.2)  # training min sizes: --min-size times these, or --min-size itself
 TRAIN_KEYS = ("weights", "batch_size", "lr", "warmup_iters", "flip", "scale_jitter", "amp", "seed", "only_valid",
-              "iou_epochs", "iou_lr")
+              "iou_epochs", "iou_lr", "only_invalid")
 MODEL_KEYS = ("architecture", "backbone", "category_ids", "min_size", "max_size", "fpn_channels", "head_channels",
-              "iou_head", "iou_target")
+              "iou_head", "iou_target", "neck", "box_loss")
+ADDED_LATER = {"neck": "fpn", "box_loss": "none", "only_invalid": False}  # what a run made before these options had
 
 
 @dataclass(frozen=True)
@@ -78,13 +73,16 @@ class DetectorConfig:
     seed: int = 0
     workers: int = 0
     only_valid: bool = False
+    only_invalid: bool = False      # train on wsis.valid false (and unflagged); valid ones are ignore regions
     boxes_only: bool = False
+    box_loss: str = "none"          # none | boxinst: what trains the mask head on box-only annotations
     iou_head: bool = False
     iou_target: str = "sqrt"
     iou_epochs: int = 3
     iou_lr: float = 1e-3
     fpn_channels: int = 256
     head_channels: int = 1024
+    neck: str = "fpn"               # fpn | efpn (models/necks.py: the Enhanced-FPN)
     keep_epochs: int = 3            # per-epoch model files kept (-1: all, 0: none)
     threads: int | None = None      # torch CPU threads (None: loop.default_threads; 0: torch's default)
 
@@ -154,20 +152,22 @@ class _Phase:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     wrapped: torch.nn.Module
+    label: str  # what logs, metrics.jsonl and checkpoints call it: det for the seg phase of a box-only model
 
 
 def _start_phase(model, name: str, cfg: DetectorConfig, frozen: set[str], state: dict | None, epoch: int,
                  use_amp: bool, ctx: DistContext, dev: torch.device) -> _Phase:
     _set_mode(model, name, frozen)
     optimizer = _optimizer(model, name, cfg)
-    resumed = state is not None and state.get("phase") == name and int(state["epoch"]) == epoch
+    label = "det" if name == "seg" and cfg.boxes_only else name  # a box-only run's older last.pt says seg
+    resumed = state is not None and state.get("phase") in (name, label) and int(state["epoch"]) == epoch
     if resumed:
         optimizer.load_state_dict(state["optimizer"])
     scaler = make_scaler(use_amp, state.get("scaler") if resumed else None)
     wrapped = model
     if ctx.world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    return _Phase(name, optimizer, scaler, wrapped)
+    return _Phase(name, optimizer, scaler, wrapped, label)
 
 
 # ----------------------------------------------------------------------------- training
@@ -187,25 +187,26 @@ class _Run:
 
 
 def _setup(ds, images_dir, cfg: DetectorConfig, run: Path, device, resume: bool, overwrite: bool, val,
-           log) -> tuple[_Run, dict | None]:
+           log, warn=None) -> tuple[_Run, dict | None]:
     say = log or (lambda _msg: None)
     dev = resolve_device(device) if isinstance(device, str) else device
     ctx = dist_context(dev)
     if ctx.world > 1 and dev.type == "cuda":
         dev = torch.device(ctx.device)
     if not ctx.main:
-        say = lambda _msg: None  # noqa: E731 - only rank 0 talks
+        say = warn = lambda _msg: None  # noqa: E731 - only rank 0 talks
     use_amp = amp_on(cfg.amp, dev, say)
     threads = set_threads(cfg.threads, dev)
-    data = training_set(ds, images_dir, only_valid=cfg.only_valid, boxes_only=cfg.boxes_only)
-    for what, n in data.skipped.items():
-        if n:
-            say(f"left out {n} {what.replace('_', ' ')}{'' if what.endswith('images') else ' annotations'}")
+    data = training_set(ds, images_dir, only_valid=cfg.only_valid, only_invalid=cfg.only_invalid,
+                        boxes_only=cfg.boxes_only, box_loss=cfg.box_loss)
+    for text, warning in data.notes:  # what was left out, ignored or trained otherwise; warnings stay under --quiet
+        (warn if warning and warn else say)(text)
     names = [str(c.get("name", c["id"])) for c in ds.categories]
     config = model_config(backbone=cfg.backbone, category_ids=data.category_ids, category_names=names,
                           min_size=cfg.min_size, max_size=cfg.max_size, boxes_only=cfg.boxes_only,
                           iou_head=cfg.iou_head, iou_target=cfg.iou_target, fpn_channels=cfg.fpn_channels,
-                          head_channels=cfg.head_channels, pretrained=cfg.weights != "none")
+                          head_channels=cfg.head_channels, pretrained=cfg.weights != "none", neck=cfg.neck,
+                          box_loss=cfg.box_loss)
     train = {k: getattr(cfg, k) for k in TRAIN_KEYS}
     train.update(epochs=cfg.epochs, data=data.fingerprint(), world_size=ctx.world, keep_epochs=cfg.keep_epochs,
                  workers=cfg.workers)
@@ -213,7 +214,7 @@ def _setup(ds, images_dir, cfg: DetectorConfig, run: Path, device, resume: bool,
     state = prepare_run(run, kind=FORMAT, resume=resume, overwrite=overwrite, main=ctx.main, say=say)
     if state is not None:
         check_resume(state, run=run, version=VERSION, config=config, train=train, model_keys=MODEL_KEYS,
-                     train_keys=TRAIN_KEYS, world=ctx.world)
+                     train_keys=TRAIN_KEYS, world=ctx.world, defaults=ADDED_LATER)
         say(f"resuming {run} after epoch {int(state['epoch'])}")
         if state.get("phase") == "iou" and state["train"].get("epochs") != cfg.epochs:
             raise WsisError(f"{run}: its IoU branch is being trained after {state['train'].get('epochs')} "
@@ -258,11 +259,12 @@ def train_detector(
     val: tuple[Dataset, str | os.PathLike] | None = None,
     progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train on ``ds`` into the run folder ``run`` (see the module docstring): ``resume`` continues
     the run there, ``overwrite`` replaces it (without either, a run there is an error). Returns
     ``{"run", "epochs", "iterations", "resumed_from", "history", "best", "rank"}``."""
-    r, state = _setup(ds, images_dir, cfg, Path(run), device, resume, overwrite, val, log)
+    r, state = _setup(ds, images_dir, cfg, Path(run), device, resume, overwrite, val, log, warn)
     done = int(state["epoch"]) if state is not None else 0
     history = list(state["history"]) if state is not None else []
     best = dict(state["best"]) if state is not None else {"epoch": None, "map50": None}
@@ -273,8 +275,8 @@ def train_detector(
     model, frozen = _model(r, cfg, state)
     per_epoch = len(epoch_batches(len(r.data.images), cfg.batch_size, seed=cfg.seed, epoch=0, rank=r.ctx.rank,
                                   world=r.ctx.world))
-    r.say(f"training {r.config['architecture']} {cfg.backbone} (weights: {cfg.weights}) on {len(r.data.images)} "
-          f"images, {r.config['num_classes']} classes, on {r.dev}"
+    r.say(f"training {r.config['architecture']} {cfg.backbone}{'' if cfg.neck == 'fpn' else ' ' + cfg.neck} "
+          f"(weights: {cfg.weights}) on {len(r.data.images)} images, {r.config['num_classes']} classes, on {r.dev}"
           f"{f' ({r.threads} thread' + 's' * (r.threads != 1) + ')' if r.dev.type == 'cpu' else ''}"
           f"{f' x {r.ctx.world} processes' if r.ctx.world > 1 else ''}: {per_epoch} iterations per epoch")
     writer = EpochWriter()
@@ -296,6 +298,7 @@ def _epochs(r: _Run, cfg: DetectorConfig, model, frozen, state, done: int, histo
     ``best`` are updated in place)."""
     seg_total = cfg.epochs * per_epoch
     warmup = min(cfg.warmup_iters, seg_total // 4)
+    model.roi_heads.pairwise_warmup = max(1, min(PAIRWISE_WARMUP, seg_total // 10))  # BoxInst: 10k of 90k
     grand_total = cfg.total_epochs * per_epoch
     loader_data = DetectionImages(r.data, seed=cfg.seed, flip=cfg.flip, masks=not cfg.boxes_only)
     phase: _Phase | None = None
@@ -339,7 +342,7 @@ def _epochs(r: _Run, cfg: DetectorConfig, model, frozen, state, done: int, histo
         result = train_epoch(loader, step, phase.optimizer, phase.scaler, set_lr=set_lr, epoch=epoch,
                              first_iter=epoch * per_epoch, total_iters=grand_total, use_amp=r.use_amp, device=r.dev,
                              clip_norm=CLIP_NORM, hint="lower --lr or raise --warmup-iters", progress=progress)
-        record = _record(r, result, epoch, phase.name)
+        record = _record(r, result, epoch, phase.label)
         if val is not None and r.ctx.main and phase.name == "seg":
             model.transform.min_size = (cfg.min_size,)
             record["val_map50"] = Predictor(model, r.config, r.dev).map50(*val)
@@ -386,9 +389,9 @@ def _commit(r: _Run, cfg: DetectorConfig, model, phase: _Phase, epoch: int, hist
     state = snapshot({"model": model.state_dict(), "optimizer": phase.optimizer.state_dict(),
                       "scaler": phase.scaler.state_dict() if r.use_amp else None})
     head = {"format": FORMAT, "version": VERSION, "wsis_version": __version__, "config": r.config, "train": r.train,
-            "epoch": epoch + 1, "phase": phase.name}
+            "epoch": epoch + 1, "phase": phase.label}
     writer.submit(lambda: commit_epoch(r.path, head, state, history=list(history), best=dict(best),
                                        write_best=write_best, keep=cfg.keep_epochs, record=record))
     extra = f", val mAP@0.5 {record['val_map50']:.3f}" if record.get("val_map50") is not None else ""
-    r.say(f"epoch {epoch + 1}/{cfg.total_epochs} ({phase.name}): loss {record['loss']:.4f}{extra}, "
+    r.say(f"epoch {epoch + 1}/{cfg.total_epochs} ({phase.label}): loss {record['loss']:.4f}{extra}, "
           f"{record['images_per_s']:.1f} img/s, loading {100 * record['load_share']:.0f}% of the time")

@@ -17,7 +17,11 @@ from torch import nn
 
 from wsis_cli.errors import WsisError
 from wsis_cli.models import DETECTOR_BACKBONES, IOU_TARGETS
+from wsis_cli.models.box_losses import BOX_LOSSES
+from wsis_cli.models.necks import build_neck, check_neck
+from wsis_cli.models.rcnn import WsisRCNN
 from wsis_cli.models.roi_heads import IoUHead, WsisRoIHeads, iou_forward, iou_inverse
+from wsis_cli.models.rpn import WsisRPN
 
 __all__ = ["FORMAT", "VERSION", "DETECTOR_BACKBONES", "IOU_TARGETS", "BACKBONES", "Backbone", "model_config",
            "build_detector", "iou_forward", "iou_inverse"]
@@ -39,24 +43,24 @@ class Backbone(NamedTuple):
     imagenet_url: str
 
 
-def _resnet_fpn(*, name: str, norm: type[nn.Module], trainable: int, channels: int) -> Backbone:
+def _resnet_fpn(*, name: str, norm: type[nn.Module], trainable: int, channels: int, neck: str = "fpn") -> Backbone:
     import torchvision
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 
     body = getattr(torchvision.models, name)(weights=None, norm_layer=norm)
     module = _resnet_fpn_extractor(body, trainable)  # the FPN itself has no norm, as torchvision's
-    _fpn_width(module, channels)
+    _fpn_width(module, channels, neck=neck, strides=(4, 8, 16, 32))
     enum = {"resnet50": torchvision.models.ResNet50_Weights, "resnet18": torchvision.models.ResNet18_Weights}[name]
     return Backbone(module, ["0", "1", "2", "3"], enum.IMAGENET1K_V1.url)
 
 
-def _mobilenet_fpn(*, name: str, norm: type[nn.Module], trainable: int, channels: int) -> Backbone:
+def _mobilenet_fpn(*, name: str, norm: type[nn.Module], trainable: int, channels: int, neck: str = "fpn") -> Backbone:
     import torchvision
     from torchvision.models.detection.backbone_utils import _mobilenet_extractor
 
     body = torchvision.models.mobilenet_v3_large(weights=None, norm_layer=norm)
     module = _mobilenet_extractor(body, True, trainable)
-    _fpn_width(module, channels)
+    _fpn_width(module, channels, neck=neck, strides=(32, 32))  # its FPN reads two stride-32 maps
     return Backbone(module, ["0", "1"], torchvision.models.MobileNet_V3_Large_Weights.IMAGENET1K_V1.url)
 
 
@@ -68,7 +72,8 @@ assert tuple(BACKBONES) == DETECTOR_BACKBONES
 # ----------------------------------------------------------------------------- building
 def model_config(*, backbone: str, category_ids: list[int], category_names: list[str], min_size: int,
                  max_size: int, boxes_only: bool = False, iou_head: bool = False, iou_target: str = "sqrt",
-                 fpn_channels: int = 256, head_channels: int = 1024, pretrained: bool = True) -> dict[str, Any]:
+                 fpn_channels: int = 256, head_channels: int = 1024, pretrained: bool = True,
+                 neck: str = "fpn", box_loss: str = "none") -> dict[str, Any]:
     """Everything :func:`build_detector` needs, as plain JSON. A ``pretrained`` backbone keeps
     torchvision's frozen batch norm and its first stages frozen; a random one trains everything
     with ordinary batch norm."""
@@ -78,6 +83,9 @@ def model_config(*, backbone: str, category_ids: list[int], category_names: list
         raise WsisError(f"--iou-target must be one of {', '.join(IOU_TARGETS)}, got {iou_target!r}")
     if boxes_only and iou_head:
         raise WsisError("--iou-head needs a mask branch; it cannot go with --boxes-only")
+    if box_loss not in BOX_LOSSES or (boxes_only and box_loss != "none"):
+        raise WsisError(f"--box-loss must be one of {', '.join(BOX_LOSSES)}, got {box_loss!r}" if box_loss not in
+                        BOX_LOSSES else f"--box-loss {box_loss} trains the mask head; it cannot go with --boxes-only")
     scale = min(1.0, min_size / 800.0)
     anchors = [max(4, int(round(s * scale))) for s in (32, 64, 128, 256, 512)]
     return {"architecture": "fasterrcnn" if boxes_only else "maskrcnn", "backbone": backbone,
@@ -85,7 +93,9 @@ def model_config(*, backbone: str, category_ids: list[int], category_names: list
             "category_names": [str(n) for n in category_names], "min_size": int(min_size), "max_size": int(max_size),
             "anchor_sizes": anchors, "fpn_channels": int(fpn_channels), "head_channels": int(head_channels),
             "iou_head": bool(iou_head), "iou_target": iou_target, "norm": "frozen" if pretrained else "batch",
-            "trainable_layers": (3 if pretrained else 6) if backbone == "mobilenet_v3" else (3 if pretrained else 5)}
+            "trainable_layers": (3 if pretrained else 6) if backbone == "mobilenet_v3" else (3 if pretrained else 5),
+            "neck": check_neck(neck),  # fpn | efpn (models/necks.py); a config without it is fpn
+            "box_loss": box_loss}  # none | boxinst (models/box_losses.py); a config without it is none
 
 
 def _coco_url(config: dict) -> str:
@@ -105,14 +115,14 @@ def _rpn(channels: int, anchor_sizes: list[int], n_levels: int) -> nn.Module:
     """torchvision's region proposal network with its FasterRCNN defaults, one anchor size per
     pyramid level (or all sizes on each level of a short pyramid)."""
     from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+    from torchvision.models.detection.rpn import RPNHead
 
     anchors = tuple((int(s),) for s in anchor_sizes[:n_levels]) if n_levels == 5 else \
         (tuple(int(s) for s in anchor_sizes),) * n_levels
     generator = AnchorGenerator(anchors, ((0.5, 1.0, 2.0),) * n_levels)
     head = RPNHead(channels, generator.num_anchors_per_location()[0])
-    return RegionProposalNetwork(generator, head, 0.7, 0.3, 256, 0.5, dict(training=2000, testing=1000),
-                                 dict(training=2000, testing=1000), 0.7, score_thresh=0.0)
+    return WsisRPN(generator, head, 0.7, 0.3, 256, 0.5, dict(training=2000, testing=1000),
+                   dict(training=2000, testing=1000), 0.7, score_thresh=0.0)  # ignore regions: models/rpn.py
 
 
 def _roi_heads(config: dict, channels: int, featmaps: list[str]) -> tuple[dict, Callable[[], WsisRoIHeads]]:
@@ -134,7 +144,8 @@ def _roi_heads(config: dict, channels: int, featmaps: list[str]) -> tuple[dict, 
 
     def make() -> WsisRoIHeads:
         iou_head = IoUHead(channels) if config.get("iou_head") else None
-        return WsisRoIHeads(**parts, iou_head=iou_head, iou_target=config.get("iou_target", "sqrt"))
+        return WsisRoIHeads(**parts, iou_head=iou_head, iou_target=config.get("iou_target", "sqrt"),
+                            box_loss=config.get("box_loss", "none"))  # config.json before --box-loss: none
 
     return parts, make
 
@@ -144,7 +155,6 @@ def build_detector(config: dict, *, weights: str = "none") -> nn.Module:
     (the backbone's ImageNet weights), ``coco`` (torchvision's COCO detector; class-specific layers
     are left random) or a file (a wsis run's checkpoint, a torchvision detection or backbone state
     dict: every tensor whose name and shape fit is loaded)."""
-    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
     from torchvision.models.detection.transform import GeneralizedRCNNTransform
     from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -155,12 +165,13 @@ def build_detector(config: dict, *, weights: str = "none") -> nn.Module:
     norm = FrozenBatchNorm2d if config.get("norm", "frozen") == "frozen" else nn.BatchNorm2d
     channels = int(config["fpn_channels"])
     backbone = BACKBONES[config["backbone"]](name=config["backbone"], norm=norm,
-                                             trainable=int(config.get("trainable_layers", 3)), channels=channels)
+                                             trainable=int(config.get("trainable_layers", 3)), channels=channels,
+                                             neck=config.get("neck", "fpn"))  # config.json before --neck: fpn
     _, make_heads = _roi_heads(config, channels, backbone.featmaps)
     rpn = _rpn(channels, config["anchor_sizes"], len(backbone.featmaps) + 1)
     transform = GeneralizedRCNNTransform(int(config["min_size"]), int(config["max_size"]), list(IMAGENET_MEAN),
                                          list(IMAGENET_STD))
-    model = GeneralizedRCNN(backbone.module, rpn, make_heads(), transform)
+    model = WsisRCNN(backbone.module, rpn, make_heads(), transform)  # GeneralizedRCNN + ignore boxes, images
     _init_weights(model, config, weights, backbone.imagenet_url)
     return model
 
@@ -188,13 +199,13 @@ def _init_weights(model: nn.Module, config: dict, weights: str, imagenet_url: st
         _load_fitting(model, sd, weights, need=BODY)
 
 
-def _fpn_width(backbone: nn.Module, channels: int) -> None:
-    """Rebuild ``backbone``'s FPN (torchvision builds it 256 wide) at ``channels``."""
-    from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
-
-    if channels != backbone.out_channels:
+def _fpn_width(backbone: nn.Module, channels: int, *, neck: str = "fpn", strides: tuple[int, ...] = ()) -> None:
+    """Rebuild ``backbone``'s FPN (torchvision builds it 256 wide) at ``channels``, or put the
+    ``neck`` (:mod:`wsis_cli.models.necks`; its backbone maps at ``strides``) in its place. A 256-wide
+    ``fpn`` keeps torchvision's own, so a seed gives the weights it always gave."""
+    if channels != backbone.out_channels or neck != "fpn":
         in_list = [blk[0].in_channels for blk in backbone.fpn.inner_blocks]
-        backbone.fpn = FeaturePyramidNetwork(in_list, channels, extra_blocks=LastLevelMaxPool())
+        backbone.fpn = build_neck(neck, in_channels=in_list, channels=channels, strides=strides)
         backbone.out_channels = channels
 
 

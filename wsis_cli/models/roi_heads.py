@@ -1,5 +1,16 @@
-"""The detector's RoI heads: torchvision's, with a mask loss that skips box-only annotations and
-an optional mask-IoU branch (mask-guided sample selection, Sec. 4).
+"""The detector's RoI heads: torchvision's, with a mask loss that skips box-only annotations (or,
+``box_loss="boxinst"``, trains on them with BoxInst's box terms), ignore regions, and an optional
+mask-IoU branch (mask-guided sample selection, Sec. 4).
+
+Box-only annotations: with ``box_loss="none"`` proposals matched to them train the box branch
+only; with ``"boxinst"`` they also train the mask head by BoxInst's projection and pairwise terms
+(:mod:`wsis_cli.models.box_losses`), computed in each positive proposal's 28x28 frame, while
+proposals matched to annotations with masks keep Mask R-CNN's ordinary mask loss. The pairwise
+term's warm-up counts training iterations in a buffer, so a resumed run continues the ramp.
+
+Ignore regions (``target["ignore"]``): a proposal the matcher made background is left out of
+sampling (label -1) when most of it lies inside an ignore box; the rule is
+:func:`wsis_cli.models.rpn.ignored`'s, the RPN's.
 
 The IoU branch reads the mask head at two resolutions (its 14x14 features and the 28x28
 up-sampled ones, each global-average-pooled, plus both pooled over the predicted mask), and a
@@ -20,6 +31,11 @@ from torchvision.models.detection.roi_heads import (
     maskrcnn_loss,
     project_masks_on_boxes,
 )
+
+from wsis_cli.errors import WsisError
+from wsis_cli.models.box_losses import (BOX_LOSSES, PAIRWISE_WARMUP, pairwise_loss, pairwise_weight, projection_loss,
+                                        rasterise_boxes, roi_lab)
+from wsis_cli.models.rpn import ignored
 
 __all__ = ["IoUHead", "WsisRoIHeads", "iou_forward", "iou_inverse", "MASK_SIDE"]
 
@@ -66,7 +82,9 @@ class IoUHead(nn.Module):
 
 class WsisRoIHeads(RoIHeads):
     """RoIHeads without keypoints, whose mask loss only uses proposals matched to a ground-truth
-    instance that has a mask (``target["has_mask"]``), and with an optional IoU branch.
+    instance that has a mask (``target["has_mask"]``) or, with ``box_loss="boxinst"``, trains the
+    box-only ones by BoxInst's terms; with ignore regions and an optional IoU branch (see the
+    module docstring).
 
     Modes (``self.mode``): ``"seg"`` trains boxes and masks; ``"iou"`` computes only the IoU
     branch's L1 loss (everything else is frozen by the trainer).
@@ -77,15 +95,49 @@ class WsisRoIHeads(RoIHeads):
                  mask_predictor: nn.Module | None = None, iou_head: IoUHead | None = None, iou_target: str = "sqrt",
                  fg_iou_thresh: float = 0.5, bg_iou_thresh: float = 0.5, batch_size_per_image: int = 512,
                  positive_fraction: float = 0.25, score_thresh: float = 0.05, nms_thresh: float = 0.5,
-                 detections_per_img: int = 100):
+                 detections_per_img: int = 100, box_loss: str = "none"):
         """torchvision's RoIHeads with its defaults (as FasterRCNN / MaskRCNN build them), the
-        mask components for a Mask R-CNN (None for a box-only detector) and the IoU branch."""
+        mask components for a Mask R-CNN (None for a box-only detector), the IoU branch and what
+        trains the mask head on box-only annotations (``box_loss``: ``none`` or ``boxinst``)."""
         super().__init__(box_roi_pool, box_head, box_predictor, fg_iou_thresh, bg_iou_thresh, batch_size_per_image,
                          positive_fraction, None, score_thresh, nms_thresh, detections_per_img,
                          mask_roi_pool=mask_roi_pool, mask_head=mask_head, mask_predictor=mask_predictor)
+        if box_loss not in BOX_LOSSES:
+            raise WsisError(f"--box-loss must be one of {', '.join(BOX_LOSSES)}, got {box_loss!r}")
+        if box_loss != "none" and mask_predictor is None:
+            raise WsisError(f"--box-loss {box_loss} trains the mask head; a box-only detector has none")
         self.iou_head = iou_head
         self.iou_target = iou_target
+        self.box_loss = box_loss
         self.mode = "seg"
+        self.pairwise_warmup = PAIRWISE_WARMUP  # the trainer sets it to a share of its run
+        if box_loss == "boxinst":  # training iterations so far: the pairwise term's warm-up (saved, so resumable)
+            self.register_buffer("boxinst_iter", torch.zeros((), dtype=torch.int64))
+
+    @property
+    def wants_images(self) -> bool:
+        """Whether training needs the image batch (``forward(..., images=)``): BoxInst's colours."""
+        return self.box_loss == "boxinst"
+
+    def select_training_samples(self, proposals, targets):
+        """torchvision's sampling (ground-truth boxes added to the proposals, matched, a fixed share
+        of foreground sampled), except that background proposals inside an ignore box are not
+        sampled (:func:`wsis_cli.models.rpn.ignored`). Returns the sampled proposals, their matched
+        ground-truth indices, labels (0: background) and box regression targets."""
+        self.check_targets(targets)
+        dtype, device = proposals[0].dtype, proposals[0].device
+        gt_boxes = [t["boxes"].to(dtype) for t in targets]
+        proposals = self.add_gt_proposals(proposals, gt_boxes)
+        matched_idxs, labels = self.assign_targets_to_proposals(proposals, gt_boxes, [t["labels"] for t in targets])
+        for lab, props, t in zip(labels, proposals, targets):
+            lab[(lab == 0) & ignored(props, t)] = -1
+        sampled = self.subsample(labels)
+        matched_boxes = []
+        for i, inds in enumerate(sampled):
+            proposals[i], labels[i], matched_idxs[i] = proposals[i][inds], labels[i][inds], matched_idxs[i][inds]
+            gt = gt_boxes[i] if gt_boxes[i].numel() else torch.zeros((1, 4), dtype=dtype, device=device)
+            matched_boxes.append(gt[matched_idxs[i]])
+        return proposals, matched_idxs, labels, self.box_coder.encode(matched_boxes, proposals)
 
     def mask_features(self, features, boxes: list[torch.Tensor], image_shapes):
         """The mask head on ``boxes`` (one FloatTensor[N_i, 4] per image, x1, y1, x2, y2 in the
@@ -116,7 +168,9 @@ class WsisRoIHeads(RoIHeads):
         ious = self.predict_ious(x, up, mlogits, [labels], [scores]) if self.iou_head is not None else None
         return probs, scores, ious
 
-    def forward(self, features, proposals, image_shapes, targets=None):  # noqa: C901 - torchvision's shape
+    def forward(self, features, proposals, image_shapes, targets=None, images=None):  # noqa: C901 - torchvision's
+        """torchvision's RoIHeads.forward; ``images`` (FloatTensor[B, 3, H, W], the transformed batch in
+        RGB 0..1) is needed in training when :attr:`wants_images`."""
         if self.training:
             proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
@@ -148,19 +202,54 @@ class WsisRoIHeads(RoIHeads):
             return result, losses
 
         if self.mode == "seg":
-            mask_props, mask_idx = [], []
-            for i, t in enumerate(targets):
-                pos = torch.where(labels[i] > 0)[0]
-                pos = pos[t["has_mask"][matched_idxs[i][pos]]]
-                mask_props.append(proposals[i][pos])
-                mask_idx.append(matched_idxs[i][pos])
-            x, up, logits = self.mask_features(features, mask_props, image_shapes)
-            losses["loss_mask"] = maskrcnn_loss(logits, mask_props, [t["masks"] for t in targets],
-                                                [t["labels"] for t in targets], mask_idx)
+            losses.update(self._mask_losses(features, proposals, image_shapes, targets, labels, matched_idxs, images))
         elif self.iou_head is not None:
             losses["loss_iou"] = self._iou_loss(features, proposals, image_shapes, targets, class_logits, labels,
                                                 matched_idxs)
         return result, losses
+
+    def _mask_losses(self, features, proposals, image_shapes, targets, labels, matched_idxs, images):
+        """The mask head's training losses on the sampled positive proposals: ``loss_mask`` (Mask
+        R-CNN's, on those matched to an instance with a mask) and, with BoxInst, ``loss_projection``
+        and ``loss_pairwise`` (the latter times its warm-up weight) on those matched to a box-only one."""
+        boxinst = self.box_loss == "boxinst"
+        props, idx, has = [], [], []
+        for i, t in enumerate(targets):
+            pos = torch.where(labels[i] > 0)[0]
+            masked = t["has_mask"][matched_idxs[i][pos]]
+            if not boxinst:
+                pos, masked = pos[masked], masked[masked]
+            props.append(proposals[i][pos])
+            idx.append(matched_idxs[i][pos])
+            has.append(masked)
+        _, _, logits = self.mask_features(features, props, image_shapes)
+        gt_masks, gt_labels = [t["masks"] for t in targets], [t["labels"] for t in targets]
+        if not boxinst:
+            return {"loss_mask": maskrcnn_loss(logits, props, gt_masks, gt_labels, idx)}
+        keep = torch.cat(has)
+        losses = {"loss_mask": maskrcnn_loss(logits[keep], [p[m] for p, m in zip(props, has)], gt_masks, gt_labels,
+                                             [j[m] for j, m in zip(idx, has)])}
+        box_props = [p[~m] for p, m in zip(props, has)]
+        box_idx = [j[~m] for j, m in zip(idx, has)]
+        losses.update(self._boxinst_losses(logits[~keep], box_props, box_idx, targets, images))
+        return losses
+
+    def _boxinst_losses(self, logits, props, idx, targets, images):
+        """BoxInst's terms for the positive proposals ``props`` (one FloatTensor[N_i, 4] per image)
+        matched to box-only instances ``idx``; ``logits`` (FloatTensor[N, K+1, 28, 28]) are theirs."""
+        if images is None:
+            raise ValueError("box_loss='boxinst' needs the image batch (forward(..., images=)); build the "
+                             "detector with wsis_cli.models.detector.build_detector")
+        self.boxinst_iter += 1
+        lab = torch.cat([t["labels"][j] for t, j in zip(targets, idx)])
+        own = logits[torch.arange(len(lab), device=logits.device), lab]
+        rois = torch.cat(props) if props else logits.new_zeros((0, 4))
+        gt = torch.cat([t["boxes"][j] for t, j in zip(targets, idx)]).to(rois.dtype)
+        box_masks = rasterise_boxes(gt, rois, MASK_SIDE)
+        colours = roi_lab(images, props, MASK_SIDE)
+        weight = pairwise_weight(int(self.boxinst_iter), self.pairwise_warmup)
+        return {"loss_projection": projection_loss(own, box_masks),
+                "loss_pairwise": pairwise_loss(own, colours, box_masks) * weight}
 
     def _iou_loss(self, features, proposals, image_shapes, targets, class_logits, labels, matched_idxs):
         """L1 loss of the IoU branch on the sampled proposals, read as inference reads detections:

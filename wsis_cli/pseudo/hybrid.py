@@ -12,6 +12,17 @@ GrabCut with the ellipse fallback) predict on the same image; the fused result t
 The paper's split is on "size"; here it is the box area, which a box-only detection has before
 it has a mask (so GrabCut need only run on the survivors, :func:`fuse_with_grabcut`).
 
+Where the small branch's survivors get their masks (``rule``, :data:`RULES`):
+
+- ``paper`` — GrabCut in the detected box, the ellipse inscribed in the box where GrabCut's mask
+  is invalid (its own bbox has IoU < 0.5 with the box). The paper's rule.
+- ``mask-head`` — the large branch's mask head run on the small branch's box and class (the
+  "sequential" detection → segmentation of the small branch, with a learned segmenter in place of
+  GrabCut). A detector's boxes are looser than annotated boxes, and GrabCut's validity test fails
+  on loose boxes, so the paper's rule turns most of them into ellipses (issue 13: 603 of 648).
+- ``valid-or-head`` — GrabCut's mask where it is valid, the mask head's where it is not (the
+  ellipse is never used).
+
 Predicted IoUs: the fused result carries ``ious`` only when both branches have them, never a mix
 with placeholders (NaN has no place in JSON). Small-branch masks made by GrabCut have none, so
 the paper's setting gives fused detections without ``ious``.
@@ -27,7 +38,9 @@ from wsis_cli.boxes import SMALL_AREA, box_area, nms
 from wsis_cli.detections import Detections
 from wsis_cli.pseudo.grabcut import GrabCutConfig, box_seed, segment_boxes
 
-__all__ = ["Fused", "select_fused", "small_branch_masks", "fuse", "fuse_with_grabcut", "HybridFusion"]
+RULES = ("paper", "mask-head", "valid-or-head")  # where the small branch's survivors get their masks
+
+__all__ = ["RULES", "Fused", "select_fused", "small_branch_masks", "fuse", "fuse_with_grabcut", "HybridFusion"]
 
 
 def select_fused(large: Detections, small: Detections, *, small_area: float = SMALL_AREA,
@@ -142,18 +155,24 @@ def fuse_with_grabcut(image: np.ndarray, large: Detections, small_boxes_only: De
 class HybridFusion:
     """The fusion as :meth:`Predictor.predict_images <wsis_cli.engine.predictor.Predictor.predict_images>`
     applies it to each image: ``fusion(image_record, rgb, large_detections)`` runs the small branch on
-    the image and returns :func:`fuse_with_grabcut`'s detections (GrabCut seeded by ``seed`` + the
-    image id). ``counts`` keeps how many fused instances came from the small branch and how many
-    of those are fallback ellipses.
+    the image, keeps the detections :func:`select_fused` keeps, and gives the small branch's
+    survivors masks by ``rule`` (see the module docstring; GrabCut seeded by ``seed`` + the image
+    id). ``counts`` keeps how many fused instances came from the small branch, how many of those
+    are fallback ellipses and how many have the mask head's mask.
 
     ``large`` must be a mask model and ``small`` a box-only detector of the same categories;
     ``large_name`` and ``small_name`` (their run folders) name them in errors.
     """
 
     def __init__(self, large, small, *, seed: int = 0, score_thr: float = 0.05, small_area: float = SMALL_AREA,
-                 nms_iou: float = 0.5, large_name: str = "the mask model", small_name: str = "the small branch"):
+                 nms_iou: float = 0.5, rule: str = "paper", large_name: str = "the mask model",
+                 small_name: str = "the small branch"):
         from wsis_cli.errors import WsisError
 
+        if rule not in RULES:
+            raise WsisError(f"--fusion must be one of {', '.join(RULES)}, got {rule!r}")
+        if not small_area > 0:
+            raise WsisError(f"--small-area must be a positive area in px, got {small_area}")
         if not large.has_masks:
             raise WsisError(f"{large_name}: --small-branch fuses with a mask model, and this one was trained with "
                             "--boxes-only")
@@ -162,15 +181,30 @@ class HybridFusion:
         if small.config["category_ids"] != large.config["category_ids"]:
             raise WsisError(f"{small_name}: was trained on categories {small.config['category_ids']}, the mask model "
                             f"on {large.config['category_ids']}; both branches need the same categories")
-        self.small, self.seed, self.score_thr = small, seed, score_thr
-        self.small_area, self.nms_iou = small_area, nms_iou
+        self.large, self.small, self.seed, self.score_thr = large, small, seed, score_thr
+        self.small_area, self.nms_iou, self.rule = float(small_area), nms_iou, rule
         self.grabcut = GrabCutConfig(seed=seed)
-        self.counts = {"from_small_branch": 0, "ellipses": 0}
+        self.counts = {"from_small_branch": 0, "ellipses": 0, "mask_head": 0}
 
     def __call__(self, image: dict, rgb: np.ndarray, large: Detections) -> Detections:
         boxes = self.small.detect([rgb], score_thr=self.score_thr)[0]
-        fused = fuse_with_grabcut(rgb, large, boxes, self.grabcut, self.seed + int(image["id"]),
-                                  small_area=self.small_area, nms_iou=self.nms_iou)
-        self.counts["from_small_branch"] += int(fused.from_small.sum())
-        self.counts["ellipses"] += int((fused.from_small & ~fused.valid).sum())
-        return fused.detections
+        if self.rule == "paper":
+            fused = fuse_with_grabcut(rgb, large, boxes, self.grabcut, self.seed + int(image["id"]),
+                                      small_area=self.small_area, nms_iou=self.nms_iou)
+            self.counts["from_small_branch"] += int(fused.from_small.sum())
+            self.counts["ellipses"] += int((fused.from_small & ~fused.valid).sum())
+            return fused.detections
+        li, si = select_fused(large, boxes, small_area=self.small_area, nms_iou=self.nms_iou)
+        picked = boxes.take(si)
+        head = self.large.masks_in_boxes(rgb, picked.boxes, picked.category_ids)
+        use_head, masks, ious = np.ones(len(si), dtype=bool), head.masks, head.ious
+        if self.rule == "valid-or-head" and len(si):
+            cut, valid = _grabcut_rows(rgb, picked, si, self.grabcut, self.seed + int(image["id"]))
+            use_head = ~valid
+            masks, ious = np.where(use_head[:, None, None], head.masks, cut.masks), None
+        small = Detections(picked.boxes, picked.scores, picked.category_ids, picked.height, picked.width,
+                           masks=masks, ious=ious)
+        self.counts["from_small_branch"] += len(si)
+        self.counts["mask_head"] += int(use_head.sum())
+        out = Detections.concat([large.take(li), small])  # ious only where both have them
+        return out.take(_by_score(out))

@@ -201,7 +201,7 @@ def _source(r: Instance) -> str:
 
 def pseudolabel_net(ds: Dataset, images: list[dict], detect: Callable[[dict], Detections],
                     masks_in_boxes_for: Callable[[dict], MasksInBoxes], *, rank: str = "score",
-                    score_thr: float = 0.05, options: dict | None = None,
+                    score_thr: float = 0.05, min_iou: float | None = None, options: dict | None = None,
                     progress: Callable[[int, int], None] | None = None) -> PseudoLabels:
     """Pseudo-label ``images`` (records of ``ds``, e.g. a shard) with a model.
 
@@ -214,13 +214,18 @@ def pseudolabel_net(ds: Dataset, images: list[dict], detect: Callable[[dict], De
     on), ``instances``, ``by_source``, ``short_of_count`` (instances of counts not found),
     ``images_short`` (images with any), ``il_empty``, ``empty_masks``, ``unlabelled_images``
     (labelled images in which nothing was found: left out of the dataset, since training would
-    take them for background).
+    take them for background), ``low_iou``.
+
+    ``min_iou``: a detected instance whose predicted mask IoU is below it is kept but marked
+    ``wsis.valid: false`` (counted in ``low_iou``), so that `train maskrcnn --only-valid` makes it
+    an ignore region: its pixels teach neither its (doubtful) mask nor "background".
     """
     if rank not in RANKS:
         raise ValueError(f"rank must be one of {', '.join(RANKS)}, got {rank!r}")
     summary = {"images": len(images), "detected": 0, "instances": 0,
                "by_source": {"full": 0, "box": 0, "ilc": 0, "il": 0},
-               "short_of_count": 0, "images_short": 0, "il_empty": 0, "empty_masks": 0, "unlabelled_images": 0}
+               "short_of_count": 0, "images_short": 0, "il_empty": 0, "empty_masks": 0, "unlabelled_images": 0,
+               "low_iou": 0}
     rows: list[Instance] = []
     kept_images: list[dict] = []
     for n, im in enumerate(images, 1):
@@ -242,6 +247,9 @@ def pseudolabel_net(ds: Dataset, images: list[dict], detect: Callable[[dict], De
         else:
             kept_images.append(im)
         for r in made:
+            if min_iou is not None and r.method == "net" and r.iou is not None and r.iou < min_iou:
+                r = replace(r, valid=False, wsis={**r.wsis, "valid": False})
+                summary["low_iou"] += 1
             area = _area(r.fields, im) if r.method == "kept" and "area" not in r.fields else r.area
             rows.append(replace(r, id=len(rows) + 1, area=area))
             summary["by_source"][_source(r)] += 1
@@ -251,7 +259,8 @@ def pseudolabel_net(ds: Dataset, images: list[dict], detect: Callable[[dict], De
         if progress:
             progress(n, len(images))
     summary["instances"] = len(rows)
-    prov = provenance("pseudolabel net", {"rank": rank, "score_thr": score_thr, **(options or {})})
+    opts = {"rank": rank, "score_thr": score_thr, **({"min_iou": min_iou} if min_iou is not None else {})}
+    prov = provenance("pseudolabel net", {**opts, **(options or {})})
     return PseudoLabels.from_instances(rows, source=ds, images=kept_images, summary=summary, provenance=prov)
 
 
@@ -261,6 +270,8 @@ def summary_line(summary: dict, images: int) -> str:
     line = f"{summary.get('instances')} instances in {images} images ({by})"
     if summary.get("images_short"):
         line += f"; {summary['images_short']} images with fewer detections than their counts"
+    if summary.get("low_iou"):
+        line += f"; {summary['low_iou']} below --min-iou, marked wsis.valid false (ignore regions under --only-valid)"
     if summary.get("unlabelled_images"):
         line += (f"; {summary['unlabelled_images']} labelled images left out (nothing found in them, and training "
                  "would take them for background)")
@@ -269,7 +280,8 @@ def summary_line(summary: dict, images: int) -> str:
 
 # ----------------------------------------------------------------------------- with a trained model
 def pseudolabel_with_model(ds: Dataset, images_dir, predictor, *, rank: str = "score", score_thr: float = 0.05,
-                           name: str = "the model", options: dict | None = None, progress=None) -> PseudoLabels:
+                           min_iou: float | None = None, name: str = "the model", options: dict | None = None,
+                           progress=None) -> PseudoLabels:
     """:func:`pseudolabel_net` with ``predictor`` (an :class:`~wsis_cli.engine.predictor.Predictor`)
     as the annotation network: it detects on each image and predicts masks in box labels. ``name``
     (the run) names the model in errors."""
@@ -279,6 +291,8 @@ def pseudolabel_with_model(ds: Dataset, images_dir, predictor, *, rank: str = "s
         raise WsisError(f"{name}: was trained with --boxes-only; pseudo-labels need a mask model")
     if rank == "iou" and not predictor.has_iou_head:
         raise WsisError(f"{name}: has no IoU head (train with --iou-head) to rank by predicted IoU; use --rank score")
+    if min_iou is not None and not predictor.has_iou_head:
+        raise WsisError(f"{name}: has no IoU head (train with --iou-head); --min-iou needs predicted IoUs")
     known = set(predictor.config["category_ids"])
     unknown = sorted({a["category_id"] for a in ds.annotations} - known)
     if unknown:
@@ -297,8 +311,8 @@ def pseudolabel_with_model(ds: Dataset, images_dir, predictor, *, rank: str = "s
     def masks_for(im: dict) -> MasksInBoxes:
         return lambda boxes, cats: predictor.masks_in_boxes(rgb_of(im), boxes, cats)
 
-    return pseudolabel_net(ds, ds.images, run_detect, masks_for, rank=rank, score_thr=score_thr, options=options,
-                           progress=progress)
+    return pseudolabel_net(ds, ds.images, run_detect, masks_for, rank=rank, score_thr=score_thr, min_iou=min_iou,
+                           options=options, progress=progress)
 
 
 def predicted_scores(predictor, images_dir, *, dataset: Dataset | None = None, score_thr: float = 0.05,
