@@ -24,6 +24,15 @@ frame in which Mask R-CNN's ordinary mask loss compares masks:
   trainer ramps over a tenth of its segmentation iterations, at most ``PAIRWISE_WARMUP`` = 1000
   (``WsisRoIHeads.pairwise_warmup``).
 
+- :func:`widened`: the terms are computed on each positive proposal widened ``CONTEXT`` times about
+  its centre (clipped to the image). BoxInst predicts masks over the whole image, so its terms
+  always see pixels outside the box; in a RoI frame that hugs the box (a good proposal) a mask
+  that fills the whole grid has zero projection *and* zero pairwise loss, and the head learns
+  filled boxes (measured on the ladder: predicted masks filled 104% of their boxes). In the wider
+  frame the box's projections are narrower than the grid, and the background just outside the
+  box is a similar-coloured neighbour of the background inside its corners. The mask head is
+  fully convolutional on the RoI features, so what it learns in the wider frame holds in a tight one.
+
 All functions are pure tensor functions (no state, any device, differentiable where a loss is).
 """
 
@@ -33,12 +42,13 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["BOX_LOSSES", "THETA", "TAU", "DILATION", "PAIRWISE_WARMUP", "rgb_to_lab", "rasterise_boxes",
-           "projection_loss", "colour_similarity", "pairwise_loss", "pairwise_weight", "roi_lab"]
+           "projection_loss", "colour_similarity", "widened", "CONTEXT", "pairwise_loss", "pairwise_weight", "roi_lab"]
 
 BOX_LOSSES = ("none", "boxinst")  # what trains the mask head on box-only annotations: nothing, or BoxInst's terms
 THETA = 2.0             # colour similarity exp(-||dLab|| / THETA)
 TAU = 0.3               # pairs at least this similar must take the same label
 DILATION = 1            # neighbour distance in grid cells
+CONTEXT = 1.5           # the BoxInst terms' RoI: the proposal widened this many times about its centre
 PAIRWISE_WARMUP = 1000  # iterations over which the pairwise term's weight ramps from 0 to 1
 _EPS = 1e-5
 
@@ -170,3 +180,16 @@ def roi_lab(images: torch.Tensor, rois: list[torch.Tensor], side: int) -> torch.
         return images.new_zeros((0, 3, side, side))
     rgb = roi_align(images.float(), [r.float() for r in rois], (side, side), 1.0, 2)
     return rgb_to_lab(rgb)
+
+
+def widened(rois: torch.Tensor, image_shape, factor: float = CONTEXT) -> torch.Tensor:
+    """``rois`` (FloatTensor[N, 4], x1, y1, x2, y2) scaled ``factor`` times about their centres,
+    clipped to ``image_shape`` (height, width)."""
+    if len(rois) == 0:
+        return rois
+    centre = (rois[:, :2] + rois[:, 2:]) / 2
+    half = (rois[:, 2:] - rois[:, :2]) * (factor / 2)
+    h, w = float(image_shape[0]), float(image_shape[1])
+    lo = torch.stack([(centre[:, 0] - half[:, 0]).clamp(0, w), (centre[:, 1] - half[:, 1]).clamp(0, h)], 1)
+    hi = torch.stack([(centre[:, 0] + half[:, 0]).clamp(0, w), (centre[:, 1] + half[:, 1]).clamp(0, h)], 1)
+    return torch.cat([lo, hi], 1)
