@@ -326,27 +326,6 @@ def test_neck_efpn_end_to_end(runner, synth, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
-def test_a_run_from_before_neck_resumes_and_loads_as_fpn(runner, synth, tmp_path):
-    from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
-
-    from wsis_cli.engine.predictor import Predictor
-
-    run = tmp_path / "old"
-    common = ["--batch-size", 3, "--keep-epochs", 0]
-    assert train(runner, synth, "--out", run, "--epochs", 1, *common).exit_code == 0
-    config = json.loads((run / "config.json").read_text())
-    assert config["model"].pop("neck") == "fpn"  # what config.json held before --neck
-    write(run / "config.json", config)
-    for name in ("last.pt", "best.pt"):
-        state = torch.load(run / name, weights_only=True)
-        del state["config"]["neck"]
-        torch.save(state, run / name)
-    assert type(Predictor.from_run(run).model.backbone.fpn) is FeaturePyramidNetwork
-    r = train(runner, synth, "--resume", run, "--epochs", 2, *common)
-    assert r.exit_code == 0, r.output
-    assert f"resuming {run} after epoch 1" in r.stderr and [m["epoch"] for m in metrics(run)] == [1, 2]
-
-
 def test_box_only_epochs_are_called_detection_epochs(runner, synth, tmp_path):
     # a Faster R-CNN trains no masks: its phase is det in the log, metrics.jsonl and last.pt
     common = ["--batch-size", 3, "--lr", 0.02, "--seed", 7, "--keep-epochs", 0, "--boxes-only"]
@@ -403,23 +382,29 @@ def test_box_loss_boxinst_trains_a_mask_rcnn_on_boxes_alone(runner, synth, tmp_p
     assert not (tmp_path / "bad").exists()
 
 
-def test_a_run_from_before_box_loss_and_only_invalid_resumes(runner, synth, tmp_path):
+def test_a_run_from_before_neck_box_loss_and_only_invalid_resumes_with_their_defaults(runner, synth, tmp_path):
+    from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
+
     from wsis_cli.engine.predictor import Predictor
 
     run = tmp_path / "old"
     common = ["--batch-size", 3, "--keep-epochs", 0]
     assert train(runner, synth, "--out", run, "--epochs", 1, *common).exit_code == 0
+    added = {"model": {"neck": "fpn", "box_loss": "none"}, "train": {"only_invalid": False}}
     config = json.loads((run / "config.json").read_text())
-    assert config["model"].pop("box_loss") == "none" and config["train"].pop("only_invalid") is False
+    for part, keys in added.items():  # what config.json and the checkpoints held before these options
+        for key, value in keys.items():
+            assert config[part].pop(key) == value
     write(run / "config.json", config)
-    for name in ("last.pt", "best.pt"):  # what a run held before the two options
+    for name in ("last.pt", "best.pt"):
         state = torch.load(run / name, weights_only=True)
-        del state["config"]["box_loss"], state["train"]["only_invalid"]
+        del state["config"]["neck"], state["config"]["box_loss"], state["train"]["only_invalid"]
         torch.save(state, run / name)
-    assert Predictor.from_run(run).model.roi_heads.box_loss == "none"
+    model = Predictor.from_run(run).model
+    assert type(model.backbone.fpn) is FeaturePyramidNetwork and model.roi_heads.box_loss == "none"
     r = train(runner, synth, "--resume", run, "--epochs", 2, *common)
     assert r.exit_code == 0, r.output
-    assert [m["epoch"] for m in metrics(run)] == [1, 2]
+    assert f"resuming {run} after epoch 1" in r.stderr and [m["epoch"] for m in metrics(run)] == [1, 2]
     # the defaults it was given are its options now: another --box-loss is refused
     r = train(runner, synth, "--resume", run, "--epochs", 3, *common, "--box-loss", "boxinst")
     assert one_line_error(r) == (f"wsis: error: {run}: was trained with --box-loss 'none', not 'boxinst'; --resume "
