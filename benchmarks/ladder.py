@@ -393,6 +393,7 @@ def main(argv=None) -> int:
         if full and r.get("test") and full["mAP50"]:
             r["ratio_to_full"] = round(r["test"]["mAP50"] / full["mAP50"], 3)
     settings = {k: v for k, v in vars(a).items() if k != "out"}
+    settings["rungs"] = list(results)  # with an earlier file's: "seconds" is this call's wall time alone
     settings.update(data=L.stats(), seconds=round(time.perf_counter() - t0, 1), python=platform.python_version(),
                     machine=f"{platform.machine()}, {os.cpu_count()} cores", model="resnet18 FPN Mask R-CNN from "
                     "scratch, fpn 64, head 256, batch 4, lr 0.02, warm-up 20, steps of --epochs over --train images")

@@ -177,12 +177,12 @@ def test_widened_grows_about_the_centre_and_stays_in_the_image():
 
 
 def test_a_filled_grid_costs_projection_loss_in_the_widened_frame():
-    """Why the terms use widened proposals: in a frame that hugs the box, a mask filling the whole
-    grid has zero projection loss; in the 1.5x frame it does not."""
+    """What widening is for: in a frame that hugs the box, a mask filling the whole grid has zero
+    projection loss; in a 1.5x frame it does not."""
     from wsis_cli.models.box_losses import widened
 
     box = torch.tensor([[20.0, 20.0, 60.0, 60.0]])
     filled = torch.full((1, 28, 28), 20.0)
     assert projection_loss(filled, rasterise_boxes(box, box, 28)).item() < 1e-3
-    wide = widened(box, (100, 100))
+    wide = widened(box, (100, 100), 1.5)
     assert projection_loss(filled, rasterise_boxes(box, wide, 28)).item() > 0.2
