@@ -30,8 +30,10 @@ classes and objects per image):
   sample selection): an annotation network with the IoU head -> `score-iou` -> `select` the
   --select images closest to beta = 0.5 -> annotators draw them (their ground truth) -> retrain ->
   `pseudolabel net --min-iou` on the rest -> train on strong + pseudo with `--only-valid` (pseudo-
-  masks predicted below --min-iou are ignore regions). ``variants``: the retrained annotation
-  network alone, and (``--semi-variants``) the final model trained on every pseudo-mask.
+  masks predicted below --min-iou are ignore regions), starting from the annotation network's
+  weights (``--semi-scratch``: from scratch, which scored below the annotation network itself).
+  ``variants``: the retrained annotation network alone, and (``--semi-variants``) the final model
+  trained on every pseudo-mask.
 - ``strong-only``: the --strong images with masks alone.
 
 Output: DIR/ladder.json ``{"rungs": {NAME: {"test": {mAP25, mAP50, mAP75, AP, AP_S, AP_L},
@@ -263,7 +265,8 @@ def rung_semi(L: Ladder, d: Path, log: Path) -> dict:
     variants = {"annotation-network": L.test_scores(log, run1, "run1")}
     if a.semi_variants:  # every pseudo-mask trained on (doubtful ones as masks, not ignore regions)
         variants["all-pseudo"] = L.test_scores(log, L.train(log, d / "final.json", d / "run2-all", a.train), "all")
-    run2 = L.train(log, d / "final.json", d / "run2", a.train, "--only-valid")
+    init = ["--weights", run1 / "best.pt"] if a.semi_finetune else []  # after the recipe's own --weights none
+    run2 = L.train(log, d / "final.json", d / "run2", a.train, "--only-valid", *init)
     low = sum(1 for x in json.loads((d / "pseudo.json").read_text())["annotations"]
               if (x.get("wsis") or {}).get("valid") is False)
     return {"test": L.test_scores(log, run2, "semi"),
@@ -364,6 +367,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--select", type=int, default=6, help="semi: pool images sent to annotators.")
     p.add_argument("--min-iou", type=float, default=0.5, help="semi: pseudo-masks predicted below it are ignored.")
     p.add_argument("--semi-variants", action="store_true", help="semi: also train on every pseudo-mask.")
+    p.add_argument("--semi-scratch", dest="semi_finetune", action="store_false",
+                   help="semi: train the final model from scratch (default: from the annotation network's weights).")
     p.add_argument("--neck", default="fpn", choices=("fpn", "efpn"), help="Every Mask R-CNN's neck.")
     p.add_argument("--fusion", default="mask-head", choices=FUSION_RULES, help="box-hybrid: the fusion rule.")
     a = p.parse_args(argv)

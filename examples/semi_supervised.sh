@@ -3,7 +3,7 @@
 #   synth -> N random strong images, the rest an IL+C pool -> train an annotation network with the
 #   IoU head -> predict each pool image's mask quality (score-iou) -> send the S images closest to
 #   beta = 0.5 to "annotators" (here: their ground truth) -> retrain on the larger strong set ->
-#   pseudo-label the remaining pool (pseudolabel net) -> train on strong + pseudo -> evaluate on a
+#   pseudo-label the remaining pool (pseudolabel net) -> fine-tune on strong + pseudo -> evaluate on a
 #   held-out test set against the strong-only model -> what the labels cost (budget).
 #   bash examples/semi_supervised.sh [WORK_DIR]     (default: demo/semi_supervised)
 # Expects `wsis` on PATH (run examples/quickstart.sh once, then `source .venv/bin/activate`).
@@ -43,9 +43,13 @@ wsis data subset "$W/pool.json" --ids "$W/selected.json" --complement --out "$W/
 # 5. retrain on the larger strong set, pseudo-label the weak rest, train on strong + pseudo
 wsis train maskrcnn "$W/strong1.json" --images "$IM" --out "$W/run1" "${MODEL[@]}" --epochs "$EPOCHS" \
     --iou-head --iou-epochs 4
-wsis pseudolabel net "$W/weak.json" --images "$IM" --model "$W/run1" --out "$W/pseudo.json"
+#    pseudo-masks the IoU head doubts (predicted IoU < 0.5) become ignore regions (--only-valid), and the
+#    final model starts from the annotation network's weights (on the supervision ladder, a model
+#    trained from scratch on strong + pseudo scored below the annotation network itself)
+wsis pseudolabel net "$W/weak.json" --images "$IM" --model "$W/run1" --min-iou 0.5 --out "$W/pseudo.json"
 wsis data merge "$W/strong1.json" "$W/pseudo.json" --renumber --out "$W/final_train.json"
-wsis train maskrcnn "$W/final_train.json" --images "$IM" --out "$W/run2" "${MODEL[@]}" --epochs "$EPOCHS"
+wsis train maskrcnn "$W/final_train.json" --images "$IM" --out "$W/run2" "${MODEL[@]}" --epochs "$EPOCHS" \
+    --only-valid --weights "$W/run1/best.pt"
 
 # 6. held-out test set: strong-only model vs strong + pseudo; pseudo-label quality on the pool
 for run in run1 run2; do
