@@ -167,22 +167,11 @@ def test_a_mask_along_the_colour_edge_beats_filling_the_box():
     assert cost["disc"][1] < 1e-3 < 0.1 < cost["box"][1]
 
 
-def test_widened_grows_about_the_centre_and_stays_in_the_image():
-    from wsis_cli.models.box_losses import widened
-
-    rois = torch.tensor([[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 8.0, 8.0]])
-    out = widened(rois, (100, 50), 1.5)
-    torch.testing.assert_close(out[0], torch.tensor([5.0, 10.0, 35.0, 70.0]))
-    torch.testing.assert_close(out[1], torch.tensor([0.0, 0.0, 10.0, 10.0]))  # clipped at the image's corner
-
-
-def test_a_filled_grid_costs_projection_loss_in_the_widened_frame():
-    """What widening is for: in a frame that hugs the box, a mask filling the whole grid has zero
-    projection loss; in a 1.5x frame it does not."""
-    from wsis_cli.models.box_losses import widened
-
+def test_a_filled_grid_costs_projection_loss_only_in_a_wider_frame():
+    """Why a box-hugging RoI frame is weak supervision: there a mask filling the whole grid has zero
+    projection loss; in a frame 1.5x the box it does not."""
     box = torch.tensor([[20.0, 20.0, 60.0, 60.0]])
     filled = torch.full((1, 28, 28), 20.0)
     assert projection_loss(filled, rasterise_boxes(box, box, 28)).item() < 1e-3
-    wide = widened(box, (100, 100), 1.5)
+    wide = torch.tensor([[10.0, 10.0, 70.0, 70.0]])  # the box widened 1.5x about its centre
     assert projection_loss(filled, rasterise_boxes(box, wide, 28)).item() > 0.2

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wsis_cli.boxes import xywh_to_xyxy
 from wsis_cli.coco import Dataset, ann_record, has_segmentation, supervision_level
 from wsis_cli.engine.loop import FailedSample
 from wsis_cli.engine.rng import keyed_rng
@@ -164,8 +165,7 @@ def training_set(ds: Dataset, images_dir: str | os.PathLike, *, only_valid: bool
 
 def _xyxy(anns: list[dict], w: int, h: int) -> np.ndarray:
     """The annotations' boxes, x1, y1, x2, y2 clipped to the ``w x h`` image (float32[N, 4])."""
-    boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                      for a in anns], dtype=np.float32).reshape(-1, 4)
+    boxes = xywh_to_xyxy([a["bbox"] for a in anns]).astype(np.float32)
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
     return boxes

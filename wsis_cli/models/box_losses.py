@@ -24,14 +24,12 @@ frame in which Mask R-CNN's ordinary mask loss compares masks:
   trainer ramps over a tenth of its segmentation iterations, at most ``PAIRWISE_WARMUP`` = 1000
   (``WsisRoIHeads.pairwise_warmup``).
 
-- :func:`widened`: the terms may be computed on each positive proposal widened ``CONTEXT`` times
-  about its centre (clipped to the image). BoxInst predicts masks over the whole image, so its
-  terms always see pixels outside the box; in a RoI frame that hugs the box a mask filling the
-  grid has zero projection and zero pairwise loss, and the head learns filled boxes (on the
-  ladder, seed 0: predicted masks filled 104% of their boxes). Measured on the ladder (seed 0,
-  200 iterations): widening 1.5x gave test mAP@0.5 0.182 against 0.261 unwidened (its projection
-  loss was still 0.33 at the end: too short a run to learn the harder frame), so ``CONTEXT`` is
-  1.0 (unwidened) until a longer run says otherwise.
+- The RoI frame: in a frame that hugs the box, a mask filling the grid has zero projection and
+  zero pairwise loss, so short runs learn nearly filled boxes (on the ladder, seed 0: predicted
+  masks filled 104% of their boxes). Computing the terms on proposals widened 1.5x about their
+  centres was tried and measured worse at 200 iterations (test mAP@0.5 0.182 / 0.177 against
+  0.261 / 0.182 unwidened, seeds 0 / 1; benchmarks/RESULTS.md), so the terms use the proposals
+  as they are.
 
 All functions are pure tensor functions (no state, any device, differentiable where a loss is).
 """
@@ -42,13 +40,12 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["BOX_LOSSES", "THETA", "TAU", "DILATION", "PAIRWISE_WARMUP", "rgb_to_lab", "rasterise_boxes",
-           "projection_loss", "colour_similarity", "widened", "CONTEXT", "pairwise_loss", "pairwise_weight", "roi_lab"]
+           "projection_loss", "colour_similarity", "pairwise_loss", "pairwise_weight", "roi_lab"]
 
 BOX_LOSSES = ("none", "boxinst")  # what trains the mask head on box-only annotations: nothing, or BoxInst's terms
 THETA = 2.0             # colour similarity exp(-||dLab|| / THETA)
 TAU = 0.3               # pairs at least this similar must take the same label
 DILATION = 1            # neighbour distance in grid cells
-CONTEXT = 1.0           # the BoxInst terms' RoI: the proposal widened this many times (1.5 measured worse)
 PAIRWISE_WARMUP = 1000  # iterations over which the pairwise term's weight ramps from 0 to 1
 _EPS = 1e-5
 
@@ -180,16 +177,3 @@ def roi_lab(images: torch.Tensor, rois: list[torch.Tensor], side: int) -> torch.
         return images.new_zeros((0, 3, side, side))
     rgb = roi_align(images.float(), [r.float() for r in rois], (side, side), 1.0, 2)
     return rgb_to_lab(rgb)
-
-
-def widened(rois: torch.Tensor, image_shape, factor: float = CONTEXT) -> torch.Tensor:
-    """``rois`` (FloatTensor[N, 4], x1, y1, x2, y2) scaled ``factor`` times about their centres,
-    clipped to ``image_shape`` (height, width)."""
-    if len(rois) == 0:
-        return rois
-    centre = (rois[:, :2] + rois[:, 2:]) / 2
-    half = (rois[:, 2:] - rois[:, :2]) * (factor / 2)
-    h, w = float(image_shape[0]), float(image_shape[1])
-    lo = torch.stack([(centre[:, 0] - half[:, 0]).clamp(0, w), (centre[:, 1] - half[:, 1]).clamp(0, h)], 1)
-    hi = torch.stack([(centre[:, 0] + half[:, 0]).clamp(0, w), (centre[:, 1] + half[:, 1]).clamp(0, h)], 1)
-    return torch.cat([lo, hi], 1)

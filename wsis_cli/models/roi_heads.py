@@ -34,7 +34,7 @@ from torchvision.models.detection.roi_heads import (
 
 from wsis_cli.errors import WsisError
 from wsis_cli.models.box_losses import (BOX_LOSSES, PAIRWISE_WARMUP, pairwise_loss, pairwise_weight, projection_loss,
-                                        rasterise_boxes, roi_lab, widened, CONTEXT)
+                                        rasterise_boxes, roi_lab)
 from wsis_cli.models.rpn import ignored
 
 __all__ = ["IoUHead", "WsisRoIHeads", "iou_forward", "iou_inverse", "MASK_SIDE"]
@@ -231,12 +231,7 @@ class WsisRoIHeads(RoIHeads):
                                              [j[m] for j, m in zip(idx, has)])}
         box_props = [p[~m] for p, m in zip(props, has)]
         box_idx = [j[~m] for j, m in zip(idx, has)]
-        if CONTEXT != 1.0 and any(len(p) for p in box_props):  # the mask head once more, on widened proposals
-            box_props = [widened(p, shape) for p, shape in zip(box_props, image_shapes)]
-            _, _, box_logits = self.mask_features(features, box_props, image_shapes)
-        else:
-            box_logits = logits[~keep]
-        losses.update(self._boxinst_losses(box_logits, box_props, box_idx, targets, images))
+        losses.update(self._boxinst_losses(logits[~keep], box_props, box_idx, targets, images))
         return losses
 
     def _boxinst_losses(self, logits, props, idx, targets, images):
