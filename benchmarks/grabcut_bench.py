@@ -3,6 +3,7 @@
     python benchmarks/grabcut_bench.py [--data ../shared/data/coco-mini] [--images 40] [--workers 2]
     python benchmarks/grabcut_bench.py --ablation          # mIoU of each refinement idea, all boxes
     python benchmarks/grabcut_bench.py --big [--workers 2]  # one 4000x3000 picture, 200 boxes: 1 vs N workers
+    python benchmarks/grabcut_bench.py --quality [--seeds 0,1] [--overlaps larger,lower-edge]  # per class, old vs new
 
 Boxes are the ground-truth boxes of coco-mini train + val (non-crowd); quality is the mean over
 instances of the mask IoU with the ground-truth mask (mIoU), split at 64x64 px of box area.
@@ -16,6 +17,12 @@ It prints boxes/s of each, the throughput ratio (b)/(a) and both mIoUs.
 
 ``--ablation`` runs (b)'s core on all boxes with one idea changed at a time, plus the filled
 box and the inscribed ellipse, and prints mIoU and time of each.
+
+``--quality``: mean mask IoU per coco-mini supercategory (train + val; those with fewer than 30
+boxes pooled as "other") and per class of a synthetic set (`wsis data synth`, 60 images of 256 px,
+seed 0, made in a temporary folder), for the old defaults (:data:`OLD`) and the new
+(``GrabCutConfig()``), each at every ``--seeds``, with its own overlap policy and each of
+``--overlaps``, with the share of valid GrabCut masks. One process, in-process GrabCut per image (no RLE round trip).
 
 ``--big`` needs no data: it makes one synthetic photograph (``--size``, default 4000x3000, a
 mosaic of `wsis data synth` scenes saved as JPEG) with ``--boxes`` ground-truth boxes (default
@@ -217,6 +224,110 @@ def big_library(boxes: Path, images: Path, workers: int) -> bool:
     return out[1] == out[workers]
 
 
+# the defaults before issue 15 (a test keeps the new ones equal to the verb's)
+OLD = dict(max_side=160, downscale="side", cleanup=True, opening=True, retry_iou=0.7, fallback="ellipse",
+           overlap="smaller")
+MIN_GROUP = 30
+
+
+def quality_sets(data: Path, synth: Path):
+    """[(set name, [(dataset, images dir)], group of an annotation)]: coco-mini train + val by
+    supercategory (fewer than ``MIN_GROUP`` boxes: "other"), the synthetic set by class."""
+    from wsis_cli.coco import load_dataset
+
+    coco, counts = [], {}
+    for split in ("train", "val"):
+        ds = load_dataset(data / f"instances_{split}.json")
+        ds.annotations = [a for a in ds.annotations if not a["iscrowd"]]
+        ds.reindex()
+        coco.append((ds, data / split))
+        for a in ds.annotations:
+            sc = ds.category_by_id[a["category_id"]].get("supercategory") or "?"
+            counts[sc] = counts.get(sc, 0) + 1
+
+    def coco_group(ds, a):
+        sc = ds.category_by_id[a["category_id"]].get("supercategory") or "?"
+        return sc if counts[sc] >= MIN_GROUP else "other"
+
+    synth_ds = load_dataset(synth / "gt.json")
+    return [("coco-mini", coco, coco_group),
+            ("synth", [(synth_ds, synth / "images")], lambda d, a: d.category_by_id[a["category_id"]]["name"])]
+
+
+def segment_set(pairs, cfg, group, policies) -> dict[str, list[tuple[str, float, bool]]]:
+    """Per overlap policy, per box: ``(group, mask IoU with the truth, valid)``."""
+    from pycocotools import mask as mask_utils
+
+    from wsis_cli.boxes import xywh_to_xyxy
+    from wsis_cli.images import read_image
+    from wsis_cli.pseudo.grabcut import box_seed, segment_boxes
+    from wsis_cli.pseudo.overlap import resolve
+
+    rows = {p: [] for p in policies}
+    for ds, img_dir in pairs:
+        for im in ds.images:
+            h, w = im["height"], im["width"]
+            clipped = [(a, np.clip(xywh_to_xyxy(a["bbox"])[0], 0, [w, h, w, h])) for a in ds.anns_by_image[im["id"]]]
+            clipped = [(a, b) for a, b in clipped if b[2] > b[0] and b[3] > b[1]]  # as the verb: no area, skipped
+            if not clipped:
+                continue
+            img = read_image(img_dir / im["file_name"])
+            keep, boxes = [a for a, _ in clipped], np.array([b for _, b in clipped])
+            ids = [a["id"] for a in keep]
+            res = segment_boxes(img, boxes, [box_seed(cfg.seed, i) for i in ids], cfg)
+            gts = [mask_utils.decode(ds.rle(a)).astype(bool) for a in keep]
+            for p in policies:
+                for a, r, g in zip(keep, resolve(res, ids, h, w, policy=p, boxes=boxes, image=img), gts):
+                    m = r.full(h, w)
+                    u = 0 if m is None else int((m | g).sum())
+                    rows[p].append((group(ds, a), float((m & g).sum() / u) if u else 0.0, bool(r.valid)))
+    return rows
+
+
+def quality(args) -> None:
+    """``--quality``: per-class mIoU and validity, old defaults against new, per seed and policy."""
+    import tempfile
+
+    from wsis_cli.coco import write_json
+    from wsis_cli.pseudo.grabcut import GrabCutConfig
+    from wsis_cli.synth import synthesize
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    extra = [p for p in args.overlaps.split(",") if p]
+    with tempfile.TemporaryDirectory() as tmp:
+        synth = Path(tmp) / "synth"
+        write_json(synth / "gt.json", synthesize(synth, n=60, size=256, seed=0))
+        for sname, pairs, group in quality_sets(args.data, synth):
+            table = {}
+            for name, base in (("old", GrabCutConfig(**OLD)), ("new", GrabCutConfig())):
+                for seed in seeds:
+                    t0 = time.perf_counter()
+                    policies = [base.overlap] + [p for p in extra if p != base.overlap]
+                    for p, rows in segment_set(pairs, replace(base, seed=seed), group, policies).items():
+                        table[(name, p, seed)] = rows
+                    print(f"{sname}: {name} defaults, seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
+            print_quality(sname, table, seeds)
+
+
+def print_quality(sname: str, table: dict, seeds: list[int]) -> None:
+    """Rows: groups (and "all"); columns: mIoU per seed / valid share, for each (defaults, policy)."""
+    cols = sorted({(n, p) for n, p, _ in table}, key=lambda c: (c[0] != "old", c[1]))
+    groups = sorted({g for rows in table.values() for g, _, _ in rows}) + ["all"]
+    print(f"\n{sname}: mIoU at seeds {'/'.join(map(str, seeds))}, valid share (seed {seeds[0]}), boxes")
+    print(f"{'group':12s} " + " ".join(f"{n + ' ' + p:>22s}" for n, p in cols) + "  boxes")
+    for g in groups:
+        cells, n = [], 0
+        for name, p in cols:
+            ious = []
+            for seed in seeds:
+                sel = [r for r in table[(name, p, seed)] if g == "all" or r[0] == g]
+                ious.append(np.mean([r[1] for r in sel]))
+                n = len(sel)
+            valid = np.mean([r[2] for r in table[(name, p, seeds[0])] if g == "all" or r[0] == g])
+            cells.append(f"{'/'.join(f'{v:.3f}' for v in ious)} {valid:4.2f}v")
+        print(f"{g:12s} " + " ".join(f"{c:>22s}" for c in cells) + f"  {n}", flush=True)
+
+
 def main() -> None:
     from wsis_cli.jobs import default_workers
     from wsis_cli.pseudo.grabcut import GrabCutConfig
@@ -228,6 +339,9 @@ def main() -> None:
     ap.add_argument("--ablation", action="store_true")
     ap.add_argument("--only", default="", help="with --ablation: only rows whose name contains this text")
     ap.add_argument("--big", action="store_true", help="one big synthetic picture: --workers 1 against N")
+    ap.add_argument("--quality", action="store_true", help="per-class mIoU, old defaults against new")
+    ap.add_argument("--seeds", default="0,1", help="with --quality: seeds")
+    ap.add_argument("--overlaps", default="", help="with --quality: overlap policies besides each config's own")
     ap.add_argument("--size", default="4000x3000", help="with --big: WIDTHxHEIGHT of the picture")
     ap.add_argument("--boxes", type=int, default=200, help="with --big: boxes in the picture")
     args = ap.parse_args()
@@ -236,6 +350,8 @@ def main() -> None:
         return big(args)
     if not args.data.is_dir():
         raise SystemExit(f"{args.data}: not found (the benchmark needs ../shared/data/coco-mini)")
+    if args.quality:
+        return quality(args)
     sets = load(args.data)
     base = GrabCutConfig()  # the verb's defaults (a test keeps the two equal)
 

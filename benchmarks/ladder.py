@@ -3,7 +3,8 @@ same images, priced by `wsis budget`.
 
     python benchmarks/ladder.py --out DIR [--rungs LIST] [--train N] [--test N] [--size PX]
                                 [--epochs E] [--seed S] [--threads T] [--jobs J] [--strong N]
-                                [--select S] [--fusion RULE] [--neck fpn|efpn]
+                                [--select S] [--fusion RULE] [--neck fpn|efpn] [--rounds R]
+                                [--seg-epochs E] [--mil-epochs E]
 
 Everything goes through the CLI verbs, the way a user chains them (`python -m wsis_cli ...` in a
 subprocess, one log per rung under DIR/logs/). The script makes its own synthetic data (`wsis data
@@ -24,8 +25,14 @@ classes and objects per image):
   invalid ones (`--boxes-only --only-invalid`); `predict --small-branch` with ``--fusion``. Every
   fusion rule and the large branch alone are scored too (``variants``).
 - ``box-only``: boxes, no pseudo-masks: `train maskrcnn --box-loss boxinst` (BoxInst's terms).
-- ``ilc-prm`` / ``il-prm``: image-level labels with / without counts -> `train classifier` (one,
-  shared) -> `pseudolabel prm` -> train.
+- ``ilc`` / ``il``: image-level labels with / without counts through the whole CCGR system,
+  --rounds rounds: `train classifier` (one, shared) -> `pseudolabel prm` (peaks, PRM masks) ->
+  `train segmenter` on them (the SS branch) -> `predict-maps` -> `pseudolabel bags` (proposals
+  per peak, Eq. 4) -> `train mil` (trunk from the SS branch) -> `pseudolabel mil` -> `pseudolabel
+  ccgr` on the SS maps -> train (the IS branch); a later round starts from the IS branch's labels
+  of the training images (`pseudolabel net`): its masks train the SS branch again (its trunk from
+  the last one's), its boxes seed the bags. ``stages``: the pseudo-labels' mAP@0.5 after each step.
+- ``ilc-prm`` / ``il-prm``: the baselines: `train classifier` -> `pseudolabel prm` -> train.
 - ``semi``: --strong images with masks, the rest image-level labels with counts (mask-guided
   sample selection): an annotation network with the IoU head -> `score-iou` -> `select` the
   --select images closest to beta = 0.5 -> annotators draw them (their ground truth) -> retrain ->
@@ -57,10 +64,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-RUNGS = ("full", "box-grabcut", "box-hybrid", "box-only", "ilc-prm", "il-prm", "semi", "strong-only")
+RUNGS = ("full", "box-grabcut", "box-hybrid", "box-only", "ilc", "il", "ilc-prm", "il-prm", "semi", "strong-only")
 TEST_KEYS = {"mAP25": ("mAP", "0.25"), "mAP50": ("mAP", "0.5"), "mAP75": ("mAP", "0.75"), "AP": ("AP",),
              "AP_S": ("AP_S",), "AP_L": ("AP_L",)}
 FUSION_RULES = ("paper", "mask-head", "valid-or-head")
+SEG_EPOCHS, MIL_EPOCHS = 8, 5
+IL_SCORE_THR = 0.5  # ilc / il, later rounds: IL labels keep the IS branch's detections scoring at least this
 
 
 class Ladder:
@@ -166,6 +175,18 @@ class Ladder:
 
         return self.shared("grabcut", make)
 
+    def seg_args(self, weights) -> list:
+        """The SS branch's recipe (``weights``: none, or the previous round's segmenter)."""
+        a = self.a
+        return ["--backbone", "resnet18", "--weights", weights, "--size", a.size, "--epochs", a.seg_epochs,
+                "--seed", a.seed, "--threads", a.threads, "--overwrite", "--quiet"]
+
+    def mil_args(self, seg: Path) -> list:
+        """The MIL branch's recipe: its trunk starts from the SS branch's (the paper's shared layers)."""
+        a = self.a
+        return ["--backbone", "resnet18", "--weights", seg, "--size", a.size, "--epochs", a.mil_epochs,
+                "--seed", a.seed, "--threads", a.threads, "--overwrite", "--quiet"]
+
     def classifier(self) -> tuple[Path, float]:
         def make():
             t = time.perf_counter()
@@ -242,6 +263,66 @@ def rung_il_prm(L: Ladder, d: Path, log: Path) -> dict:
     return _rung_prm(L, d, log, "il")
 
 
+def _stage(L: Ladder, log: Path, pseudo: Path) -> float:
+    """A pseudo-label file's mask mAP@0.5 against the training ground truth."""
+    return round(L.pseudo_scores(log, L.data / "gt.json", pseudo)["mAP50"], 4)
+
+
+def _rung_system(L: Ladder, d: Path, log: Path, level: str) -> dict:
+    """The CCGR system (issue 14): classifier -> PRM peaks -> SS branch on the PRM masks -> bags of
+    proposals per peak -> MIL picks one -> CCGR on the SS maps -> IS branch; each later round
+    starts from the IS branch's own labels of the training images (`pseudolabel net` with the
+    image-level labels): its masks train the SS branch again, its boxes seed the bags."""
+    a, w = L.a, L.wsis
+    model, secs = L.classifier()
+    weak = L.weak(level)
+    stages: dict[str, float] = {}
+    seeds = d / "prm.json"
+    w(log, "pseudolabel", "prm", weak, "--images", L.images, "--model", model, "--out", seeds, "--seed", a.seed,
+      "--quiet")
+    stages["prm"] = _stage(L, log, seeds)
+    seg_init = "none"
+    for r in range(1, a.rounds + 1):
+        rd = d / f"round{r}"
+        rd.mkdir(exist_ok=True)
+        seg, maps = rd / "seg.pt", rd / "maps"
+        w(log, "train", "segmenter", seeds, "--labels", weak, "--images", L.images, "--out", seg,
+          *L.seg_args(seg_init))
+        w(log, "predict-maps", seg, "--images", L.images, "--dataset", weak, "--out", maps, "--overwrite", "--quiet")
+        w(log, "pseudolabel", "ccgr", seeds, "--maps", maps, "--steps", 0, "--mask-rule", "map", "--out",
+          rd / "ss_cropped.json", "--quiet")
+        stages[f"r{r}-ss-cropped"] = _stage(L, log, rd / "ss_cropped.json")
+        w(log, "pseudolabel", "bags", seeds, "--images", L.images, "--maps", maps, "--out", rd / "bags.json",
+          "--seed", a.seed, "--quiet")
+        w(log, "train", "mil", rd / "bags.json", "--images", L.images, "--out", rd / "mil.pt", *L.mil_args(seg))
+        w(log, "pseudolabel", "mil", rd / "bags.json", "--images", L.images, "--model", rd / "mil.pt", "--out",
+          rd / "mil.json", "--quiet")
+        w(log, "pseudolabel", "ccgr", rd / "mil.json", "--maps", maps, "--labels", weak, "--out", rd / "ccgr.json",
+          "--seed", a.seed, "--quiet")
+        stages[f"r{r}-mil-ccgr"] = _stage(L, log, rd / "ccgr.json")
+        run = L.train(log, rd / "ccgr.json", rd / "run", a.train)
+        if r < a.rounds:  # the IS branch labels the training images: the next round's seeds
+            seeds = rd / "is.json"
+            w(log, "pseudolabel", "net", weak, "--images", L.images, "--model", run, "--out", seeds,
+              "--score-thr", IL_SCORE_THR, "--quiet")  # IL: the confident detections (IL+C: the counts choose)
+            stages[f"r{r}-is"] = _stage(L, log, seeds)
+            seg_init = seg
+    last = d / f"round{a.rounds}" / "ccgr.json"
+    for k, v in stages.items():
+        print(f"ladder: {level}: pseudo-labels after {k}: mAP@0.5 {v:.3f}", file=sys.stderr, flush=True)
+    return {"test": L.test_scores(log, run, level), "pseudo": L.pseudo_scores(log, L.data / "gt.json", last),
+            "stages": stages, "rounds": a.rounds, "cost_hours": L.cost(log, weak=a.train, weak_type=level),
+            "shared_seconds": round(secs, 1)}
+
+
+def rung_ilc(L: Ladder, d: Path, log: Path) -> dict:
+    return _rung_system(L, d, log, "ilc")
+
+
+def rung_il(L: Ladder, d: Path, log: Path) -> dict:
+    return _rung_system(L, d, log, "il")
+
+
 def rung_semi(L: Ladder, d: Path, log: Path) -> dict:
     a, gt, w = L.a, L.data / "gt.json", L.wsis
     n, s = a.strong, a.select
@@ -284,10 +365,11 @@ def rung_strong_only(L: Ladder, d: Path, log: Path) -> dict:
 
 
 # trainings of --train images' worth of steps each rung runs (and a share for its other steps)
-WORK = {"full": 1, "box-grabcut": 1, "box-hybrid": 2.5, "box-only": 1.5, "ilc-prm": 1, "il-prm": 1, "semi": 2.7,
-        "strong-only": 1}
+WORK = {"full": 1, "box-grabcut": 1, "box-hybrid": 2.5, "box-only": 1.5, "ilc": 3, "il": 3, "ilc-prm": 1, "il-prm": 1,
+        "semi": 2.7, "strong-only": 1}
 RUNG_FUNCS = {"full": rung_full, "box-grabcut": rung_box_grabcut, "box-hybrid": rung_box_hybrid,
-              "box-only": rung_box_only, "ilc-prm": rung_ilc_prm, "il-prm": rung_il_prm, "semi": rung_semi,
+              "box-only": rung_box_only, "ilc": rung_ilc, "il": rung_il, "ilc-prm": rung_ilc_prm,
+              "il-prm": rung_il_prm, "semi": rung_semi,
               "strong-only": rung_strong_only}
 assert tuple(RUNG_FUNCS) == RUNGS
 
@@ -369,6 +451,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--semi-variants", action="store_true", help="semi: also train on every pseudo-mask.")
     p.add_argument("--semi-scratch", dest="semi_finetune", action="store_false",
                    help="semi: train the final model from scratch (default: from the annotation network's weights).")
+    p.add_argument("--rounds", type=int, default=2, help="ilc / il: rounds of the CCGR system.")
+    p.add_argument("--seg-epochs", type=int, default=SEG_EPOCHS, help="ilc / il: SS branch epochs per round.")
+    p.add_argument("--mil-epochs", type=int, default=MIL_EPOCHS, help="ilc / il: MIL branch epochs per round.")
     p.add_argument("--neck", default="fpn", choices=("fpn", "efpn"), help="Every Mask R-CNN's neck.")
     p.add_argument("--fusion", default="mask-head", choices=FUSION_RULES, help="box-hybrid: the fusion rule.")
     a = p.parse_args(argv)
@@ -376,6 +461,8 @@ def parse(argv=None) -> argparse.Namespace:
     bad = [r for r in a.rungs if r not in RUNGS]
     if bad:
         p.error(f"unknown rung(s) {', '.join(bad)}; choose from {', '.join(RUNGS)}")
+    if a.rounds < 1:
+        p.error("--rounds must be at least 1")
     if a.strong + a.select >= a.train:
         p.error("--strong + --select must leave weak images in --train")
     return a

@@ -113,7 +113,8 @@ def test_boxes_move_onto_the_objects(runner, scene, tmp_path):
     assert info["verb"] == "pseudolabel ccgr" and info["seed"] == 0
     assert info["options"]["objective"] == "mass" and info["options"]["stop"] == "split"
     assert info["options"]["maps"] == str(maps) and info["options"]["boxes"] == str(boxes)
-    assert info["summary"]["boxes"] == 4 and info["summary"]["with_point"] == 3 and info["summary"]["empty_masks"] == 0
+    assert info["summary"]["boxes"] == 4 and info["summary"]["with_point"] == 3
+    assert info["summary"]["dropped"] == info["summary"]["fallback"] == 0
 
 
 @pytest.mark.parametrize("opts", [["--objective", "gap"], ["--stop", "point"],
@@ -158,7 +159,7 @@ def test_stdin_input(runner, scene):
     ins = {a["id"]: a for a in json.loads(boxes.read_text())["annotations"]}
     for a in obj["annotations"]:
         if not a["iscrowd"]:
-            assert a["bbox"] == ins[a["id"]]["bbox"]  # --steps 0: the boxes stay, masks are still cut
+            assert a["wsis"]["ccgr_box"] == ins[a["id"]]["bbox"]  # --steps 0: the boxes stay, masks are still cut
 
 
 def test_bad_option_values(runner, scene):

@@ -43,7 +43,10 @@ def test_masks_for_every_box(runner, synth_boxes, tmp_path):
     ious = []
     for im in ds.images:
         masks = [rle_to_mask(a["segmentation"]) for a in ds.anns_by_image[im["id"]]]
-        assert np.stack(masks).sum(0).max() <= 1  # instance masks never overlap
+        boxes = [a["bbox"] for a in ds.anns_by_image[im["id"]]]
+        for m, (x, y, w, h) in zip(masks, boxes):  # --overlap none (the default): masks may overlap,
+            rows, cols = np.nonzero(m)             # each stays in its box
+            assert rows.min() >= y - 0.5 and rows.max() <= y + h and cols.min() >= x - 0.5 and cols.max() <= x + w
     for a, g in zip(ds.annotations, gt.annotations):
         assert set(a["wsis"]) == {"method", "valid", "box_iou"}
         assert a["wsis"]["method"] in ("grabcut", "ellipse") and a["wsis"]["valid"] == (a["wsis"]["method"] == "grabcut")
@@ -147,7 +150,8 @@ def test_duplicate_boxes_leave_one_empty_invalid_mask(runner, tmp_path):
     boxes, images = degenerate_dataset(tmp_path)
     ds = json.loads(boxes.read_text())
     ds["annotations"] = [{"id": i, "image_id": 1, "category_id": 1, "bbox": [20, 12, 24, 24]} for i in (1, 2)]
-    r = run(runner, write(tmp_path / "dup.json", ds), "--images", images, "--out", tmp_path / "o.json", "--workers", 1)
+    r = run(runner, write(tmp_path / "dup.json", ds), "--images", images, "--out", tmp_path / "o.json", "--workers", 1,
+            "--overlap", "smaller")
     assert r.exit_code == 0, r.output
     out = {a["id"]: a for a in json.loads((tmp_path / "o.json").read_text())["annotations"]}
     assert out[2]["area"] > 0 and out[2]["wsis"]["valid"]  # equal sizes: the larger id keeps the pixels
@@ -234,7 +238,7 @@ def test_degenerate_boxes(runner, tmp_path):
     assert by_id[2]["wsis"]["method"] == "ellipse" and by_id[2]["area"] >= 1
     assert by_id[1]["wsis"]["method"] == "grabcut"
     masks = np.stack([rle_to_mask(a["segmentation"]) for a in ds.annotations])
-    assert masks.sum(0).max() == 1
+    assert masks.any(axis=(1, 2)).all()  # every kept box has a mask (--overlap none, the default: they may overlap)
 
 
 @pytest.mark.parametrize("kind", ["grey", "rgba", "16bit"])
@@ -375,7 +379,7 @@ def test_verb_defaults_are_the_library_defaults():
 
     params = inspect.signature(grabcut).parameters
     lib = GrabCutConfig()
-    for name in ("iters", "valid_iou", "fallback", "margin", "max_side", "cleanup", "seed"):
+    for name in ("iters", "valid_iou", "fallback", "overlap", "margin", "max_side", "cleanup", "seed"):
         assert params[name].default == getattr(lib, name), name
     assert params["retry"].default is True and RETRY_IOU == lib.retry_iou
 
@@ -417,3 +421,24 @@ def test_a_garbled_resume_log_is_redone_from_the_first_bad_record(runner, tmp_pa
     log.write_bytes(b"\xff\xfe a binary header\n")
     r = runner.invoke(app, [*args, "--out", str(out), "--resume"])
     assert r.exit_code == 1 and "this resume file belongs to another run" in r.stderr and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("policy", ["smaller", "larger", "lower-edge", "evidence", "none"])
+def test_overlap_policies(runner, synth_boxes, tmp_path, policy):
+    out = tmp_path / f"{policy}.json"
+    r = run(runner, synth_boxes / "box.json", "--images", synth_boxes / "images", "--out", out, "--workers", 1,
+            "--overlap", policy, "--quiet")
+    assert r.exit_code == 0, r.output
+    ds = load_dataset(out)
+    assert json.loads(out.read_text())["info"]["wsis"]["options"]["overlap"] == policy
+    overlapping = 0
+    for im in ds.images:
+        masks = np.stack([rle_to_mask(a["segmentation"]) for a in ds.anns_by_image[im["id"]]])
+        overlapping += int((masks.sum(0) > 1).sum())
+    assert (overlapping == 0) == (policy != "none")  # synthetic shapes overlap: only none keeps that
+
+
+def test_bad_overlap_is_a_usage_error(runner, synth_boxes, tmp_path):
+    r = run(runner, synth_boxes / "box.json", "--images", synth_boxes / "images", "--out", tmp_path / "o.json",
+            "--overlap", "front")
+    assert r.exit_code == 2 and "--overlap" in r.output and not (tmp_path / "o.json").exists()

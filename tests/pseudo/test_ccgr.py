@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from wsis_cli.boxes import box_iou, mask_to_box
 from wsis_cli.errors import WsisError
-from wsis_cli.pseudo.ccgr import CCGRConfig, box_sums, crop_masks, integral_images, refine_boxes, stop_points
+from wsis_cli.pseudo.ccgr import CCGRConfig, box_sums, integral_images, refine_boxes, stop_points
+from wsis_cli.pseudo.ccgr_masks import crop_masks
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

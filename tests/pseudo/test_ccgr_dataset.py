@@ -36,9 +36,14 @@ def test_boxes_grow_onto_the_square(square):
     assert pl.mask(0)[8:24, 8:24].mean() > 0.9 and pl.areas[0] == pl.mask(0).sum()
     rec = pl.record(0)
     assert list(rec) == ["id", "image_id", "category_id", "bbox", "point", "wsis", "iscrowd", "segmentation", "area"]
-    assert rec["wsis"] == {"method": "ccgr", "peak": 0.5, "box_before": [12.0, 12.0, 8.0, 8.0]}
+    assert rec["wsis"]["method"] == "ccgr" and rec["wsis"]["peak"] == 0.5
+    assert rec["wsis"]["box_before"] == [12.0, 12.0, 8.0, 8.0]
+    x, y, w, h = rec["wsis"]["ccgr_box"]
+    np.testing.assert_allclose([x, y, x + w, y + h], [8, 8, 24, 24], atol=1.0)
+    assert rec["bbox"] == [8.0, 8.0, 16.0, 16.0]  # the mask's own box
     assert pl.record(1) == CROWD  # passed through as it was
-    assert pl.summary["boxes"] == 1 and pl.summary["with_point"] == 1 and pl.summary["empty_masks"] == 0
+    assert pl.summary["boxes"] == 1 and pl.summary["with_point"] == 1
+    assert pl.summary["kept_box"] == pl.summary["fallback"] == pl.summary["dropped"] == 0
     assert pl.provenance["seed"] == 3 and pl.provenance["options"]["maps"] == str(maps)
     assert pl.provenance["options"]["boxes"] == "boxes.json" and pl.provenance["summary"] == pl.summary
 
@@ -54,10 +59,12 @@ def test_same_seed_same_output_and_missing_maps(square, tmp_path):
 
 
 def test_summary_line():
-    s = {"boxes": 4, "with_point": 3, "empty_masks": 1, "mean_box_iou_moved": 0.5}
-    assert summary_line(s) == ("4 boxes refined (3 with a point); mean IoU of each box with its start 0.50; 1 masks "
-                               "empty (no score above --mask-thr in the box)")
-    assert summary_line({**s, "mean_box_iou_moved": None, "empty_masks": 0}) == "4 boxes refined (3 with a point)"
+    s = {"boxes": 4, "with_point": 3, "kept_box": 2, "fallback": 1, "dropped": 1, "mean_box_iou_moved": 0.5}
+    assert summary_line(s) == ("4 boxes refined (3 with a point); mean IoU of each box with its start 0.50; 2 "
+                               "implausible moves undone (input box kept); 1 empty masks replaced by the incoming "
+                               "mask; 1 dropped (empty masks)")
+    none = {**s, "mean_box_iou_moved": None, "kept_box": 0, "fallback": 0, "dropped": 0}
+    assert summary_line(none) == "4 boxes refined (3 with a point)"
 
 
 @pytest.fixture

@@ -199,3 +199,51 @@ def test_grabcut_trimap_is_seeded_and_says_when_it_cannot_model():
     assert fg[5:15, 5:15].all() and not fg[:3].any()  # the red square, nothing of the sure background
     np.testing.assert_array_equal(fg, grabcut_trimap(img, trimap.copy(), iters=3, seed=1))
     assert grabcut_trimap(img, np.full((20, 20), cv2.GC_PR_FGD, np.uint8), iters=3, seed=1) is None  # no background
+
+
+def test_new_config_checks():
+    for kw in ({"overlap": "front"}, {"downscale": "x"}):
+        with pytest.raises(WsisError):
+            GrabCutConfig(**kw)
+
+
+def spiky_scene():
+    """A red 30x30 square (rows/cols 40..70) with a 2 px wide red spike 20 px up from its top
+    edge, on a noisy green background: its box is (40, 20, 70, 70)."""
+    rng = np.random.default_rng(3)
+    img = np.clip(rng.normal([60, 140, 60], 8, size=(110, 110, 3)), 0, 255).astype(np.uint8)
+    truth = np.zeros((110, 110), bool)
+    truth[40:70, 40:70] = True
+    truth[20:40, 54:56] = True
+    img[truth] = np.clip(rng.normal([210, 40, 40], 8, size=(truth.sum(), 3)), 0, 255).astype(np.uint8)
+    return img, truth
+
+
+def test_opening_cuts_thin_parts_and_can_be_left_out():
+    img, truth = spiky_scene()
+    box = np.array([[40.0, 20.0, 70.0, 70.0]])
+    opened = segment_boxes(img, box, [1], GrabCutConfig(opening=True))[0].full(110, 110)
+    kept = segment_boxes(img, box, [1], GrabCutConfig(opening=False))[0].full(110, 110)
+    assert not opened[22:38, 54:56].any()       # the spike is gone ...
+    assert kept[22:38, 54:56].mean() > 0.9      # ... or kept
+    assert iou(kept, truth) > iou(opened, truth)
+
+
+@pytest.mark.parametrize("downscale, expected", [("side", (160, 8)), ("area", (700, 36))])
+def test_downscaling_by_area_keeps_thin_crops_wide(monkeypatch, downscale, expected):
+    from wsis_cli.pseudo import grabcut
+
+    shapes = []
+    real = grabcut.grabcut_trimap
+
+    def spy(image, trimap, **kw):
+        shapes.append(image.shape[:2])
+        return real(image, trimap, **kw)
+
+    monkeypatch.setattr(grabcut, "grabcut_trimap", spy)
+    img = np.random.default_rng(0).integers(0, 255, (700, 200, 3)).astype(np.uint8)
+    # a 20x500 px box, its crop (margin 0.2 of the side, >= 8 px) 36x700: the longer side to 160 px
+    # leaves it 8 px wide; by area (25200 < 160**2 pixels) it is not scaled at all
+    grabcut.grabcut_box(img, [90, 100, 110, 600], GrabCutConfig(min_margin=8, margin=0.2, downscale=downscale), 1)
+    h, w = shapes[0]
+    assert abs(h - expected[0]) <= 8 and abs(w - expected[1]) <= 2

@@ -102,13 +102,14 @@ def crowd(tmp_path):
     return ds, tmp_path
 
 
-def test_an_image_cut_in_pieces_gives_the_same_bytes(crowd):
+@pytest.mark.parametrize("overlap", ["smaller", "evidence"])  # evidence: the parent reads the picture to join
+def test_an_image_cut_in_pieces_gives_the_same_bytes(crowd, overlap):
     import json
 
     from wsis_cli.pseudo.grabcut_dataset import SplitRule
 
     ds, images = crowd
-    cfg = GrabCutConfig(iters=3)
+    cfg = GrabCutConfig(iters=3, overlap=overlap)
     whole = json.dumps(pseudolabel_grabcut(ds, images_dir=images, cfg=cfg, workers=1).to_json())
     tiny = SplitRule(boxes=2, pixels=0, chunk=1)
     jobs, _ = prepare_boxes(ds, ds.images, images, cfg, lambda m: None)

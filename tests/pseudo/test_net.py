@@ -60,6 +60,20 @@ def test_ilc_keeps_the_k_best_by_score(anns):
     assert "id" not in out[0] and out[0]["image_id"] == 1 and out[0]["category_id"] == 1
 
 
+def test_parts_and_repeats_of_a_chosen_detection_are_not_other_instances():
+    """Class 1: a whole object (0.9), its left half (0.8: half of it inside the whole), the same
+    object shifted by 2 px (0.75), another object (0.3), a touching neighbour (0.2: a sliver
+    overlaps)."""
+    d = dets([(0, 0, 20, 20, 0.9, 1, 0.5), (0, 0, 10, 20, 0.8, 1, 0.5), (2, 0, 22, 20, 0.75, 1, 0.5),
+              (40, 40, 50, 50, 0.3, 1, 0.5), (18, 20, 38, 40, 0.2, 1, 0.5)])
+    assert scores(pseudo_instances([ilc(1, 3)], d)) == [0.9, 0.3, 0.2]
+    assert scores(pseudo_instances([ilc(1, 2)], d)) == [0.9, 0.3]
+    assert scores(pseudo_instances([il(1)], d, score_thr=0.25)) == [0.9, 0.3]
+    stats = {}
+    pseudo_instances([ilc(1, 4)], d, stats=stats)
+    assert stats["short_of_count"] == 1  # three distinct objects for a count of four
+
+
 def test_ilc_keeps_the_k_best_by_predicted_iou():
     out = pseudo_instances([ilc(1, 2)], DET, rank="iou")
     assert [a["iou"] for a in out] == [0.9, 0.5]

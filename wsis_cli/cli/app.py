@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from wsis_cli import __version__
-from wsis_cli.cli import budget, data, evaluate, predict, pseudolabel, score_iou, select, show, train
+from wsis_cli.cli import budget, data, evaluate, predict, predict_maps, pseudolabel, score_iou, select, show, train
 
 app = typer.Typer(
     name="wsis",
@@ -37,6 +37,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(pseudolabel.app, name="pseudolabel")
 app.add_typer(train.app, name="train")
 app.command("predict")(predict.predict)
+app.command("predict-maps")(predict_maps.predict_maps)
 app.command("score-iou")(score_iou.score_iou)
 app.command("budget")(budget.budget)
 app.command("select")(select.select)

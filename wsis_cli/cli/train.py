@@ -74,6 +74,82 @@ def classifier(
              f"accuracy {h[-1]['accuracy']:.3f}")
 
 
+@app.command("segmenter")
+@cli_errors
+def segmenter(
+    labels: Annotated[str, typer.Argument(metavar="LABELS.json", help="COCO dataset whose masks (pseudo or not) give "
+                                                                      "the class-level labels: the union of each "
+                                                                      "class's masks; '-' = stdin.")],
+    images: ImagesDir,
+    out: Annotated[Path, typer.Option("--out", "-o", dir_okay=False,
+                                      help="Checkpoint file (.pt), rewritten after every epoch.")],
+    image_labels: Annotated[str | None, typer.Option("--labels", help="The image-level labels (IL or IL+C) the "
+                                                                      "pseudo-labels were made from: where they name "
+                                                                      "a class, or more instances of one, than "
+                                                                      "LABELS.json has masks of, the image's "
+                                                                      "background is unknown (no loss off the "
+                                                                      "masks); an image they label that LABELS.json "
+                                                                      "left empty is not a negative.")] = None,
+    backbone: Annotated[str, typer.Option("--backbone", help="resnet50 or resnet18.")] = "resnet50",
+    weights: Annotated[str, typer.Option("--weights", help="Trunk init: imagenet (torchvision's; downloaded once to "
+                                                           "the torch hub cache), none (random) or a local .pth file. "
+                                                           "Offline, use none or a path.")] = "imagenet",
+    size: Annotated[int, typer.Option("--size", min=32, help="Images are resized to a square of this side (px); "
+                                                             "predict-maps uses it too.")] = 448,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes over the images.")] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per step.")] = 8,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate of the head (a pretrained trunk gets 0.1x); "
+                                                   "cosine decay.")] = 1e-3,
+    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.")] = True,
+    scale_jitter: Annotated[bool, typer.Option("--scale-jitter/--no-scale-jitter",
+                                               help="Random 0.75-1.25x scale, cropped or padded to --size.")] = True,
+    device: Device = "auto",
+    amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (float16 autocast) on CUDA; ignored on CPU.")] = False,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Data-loading worker processes (0: load in the "
+                                                                  "main process).")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint at --out if it exists "
+                                                          "(same options; --epochs may grow).")] = False,
+    overwrite: Overwrite = False,
+    threads: Threads = None,
+    seed: Seed = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Train the semantic segmentation branch of CCGR on class-level (pseudo) labels.
+
+    A ResNet trunk, PSPNet's pyramid pooling (bins 1, 2, 3, 6) and a stride-4 skip give background
+    + one logit per category; pixel-wise cross-entropy, with no loss on overlaps of two classes,
+    on box pixels outside the masks, on a thin band along each mask's border, on crowd and
+    box-only boxes. Images with image-level labels only are left out. Writes nothing to stdout;
+    `wsis predict-maps` turns the checkpoint into score maps for `pseudolabel ccgr --maps`.
+    """
+    from wsis_cli.coco import load_dataset
+
+    if backbone not in CLASSIFIER_BACKBONES:
+        raise typer.BadParameter(f"must be one of {', '.join(CLASSIFIER_BACKBONES)}", param_hint="--backbone")
+    if not lr > 0:
+        raise typer.BadParameter("must be a positive number", param_hint="--lr")
+    if out.is_dir():
+        raise typer.BadParameter(f"{out} is a folder; give a checkpoint file", param_hint="--out")
+    from wsis_cli.engine.train_segmenter import SegmenterConfig, train_segmenter
+    from wsis_cli.models.backbones import resolve_weights
+
+    resolve_weights(weights)  # a missing --weights file fails before any work
+    ds = load_dataset(labels)
+    if image_labels is not None:
+        from wsis_cli.engine.segmenter_data import with_image_labels
+
+        ds = with_image_labels(ds, load_dataset(image_labels))
+    cfg = SegmenterConfig(backbone=backbone, weights=weights, size=size, epochs=epochs, batch_size=batch_size, lr=lr,
+                          flip=flip, scale_jitter=scale_jitter, amp=amp, seed=seed, workers=workers, threads=threads)
+    with progress_bar("training", unit="it") as progress:
+        summary = train_segmenter(ds, images, cfg, out=out, device=device, resume=resume, overwrite=overwrite,
+                                  progress=progress, log=info)
+    if summary["iterations"]:
+        h = summary["history"]
+        info(f"wrote {out}: {summary['epochs']} epochs, loss {h[0]['loss']:.4f} (epoch 1) -> {h[-1]['loss']:.4f}, "
+             f"training mIoU {h[-1]['miou']:.3f}")
+
+
 
 
 @app.command("maskrcnn")
@@ -207,3 +283,61 @@ def maskrcnn(
         h, best = summary["history"], summary["best"]
         extra = f", best val mAP@0.5 {best['map50']:.3f} (epoch {best['epoch']})" if best.get("map50") is not None else ""
         info(f"wrote {run}: {summary['epochs']} epochs, loss {h[0]['loss']:.4f} -> {h[-1]['loss']:.4f}{extra}")
+
+
+@app.command("mil")
+@cli_errors
+def mil(
+    bags: Annotated[str, typer.Argument(metavar="BAGS.json", help="Dataset from `wsis pseudolabel bags` (each "
+                                                                  "annotation's wsis.bag); '-' = stdin.")],
+    images: ImagesDir,
+    out: Annotated[Path, typer.Option("--out", "-o", dir_okay=False,
+                                      help="Checkpoint file (.pt), rewritten after every epoch.")],
+    backbone: Annotated[str, typer.Option("--backbone", help="resnet50 or resnet18.")] = "resnet50",
+    weights: Annotated[str, typer.Option("--weights", help="Trunk init: imagenet (torchvision's; downloaded once), "
+                                                           "none (random) or a local .pth file (a torchvision "
+                                                           "ResNet, or a checkpoint whose keys sit under "
+                                                           "'backbone.', e.g. `wsis train segmenter`'s).")
+                       ] = "imagenet",
+    size: Annotated[int, typer.Option("--size", min=32, help="Images are resized to a square of this side (px).")
+                    ] = 448,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes over the images.")] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images (with all their bags) per step.")
+                          ] = 2,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (cosine decay).")] = 1e-4,
+    device: Device = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint at --out if it exists "
+                                                          "(same options; --epochs may grow).")] = False,
+    overwrite: Overwrite = False,
+    threads: Threads = None,
+    seed: Seed = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Train the MIL branch (WSDDN) on peak bags: it learns which proposal of a bag is the object.
+
+    RoIAlign on a ResNet trunk, a classification stream (softmax over classes) and a detection
+    stream (softmax over the bag's proposals); a bag's class scores sum their product over its
+    proposals; binary cross-entropy against the bag's class. Writes nothing to stdout.
+    """
+    from wsis_cli.coco import load_dataset
+
+    if backbone not in CLASSIFIER_BACKBONES:
+        raise typer.BadParameter(f"must be one of {', '.join(CLASSIFIER_BACKBONES)}", param_hint="--backbone")
+    if not lr > 0:
+        raise typer.BadParameter("must be a positive number", param_hint="--lr")
+    if out.is_dir():
+        raise typer.BadParameter(f"{out} is a folder; give a checkpoint file", param_hint="--out")
+    from wsis_cli.engine.train_mil import MILConfig, train_mil
+    from wsis_cli.models.backbones import resolve_weights
+
+    resolve_weights(weights)  # a missing --weights file fails before any work
+    ds = load_dataset(bags)
+    cfg = MILConfig(backbone=backbone, weights=weights, size=size, epochs=epochs, batch_size=batch_size, lr=lr,
+                    seed=seed, threads=threads)
+    with progress_bar("training", unit="it") as progress:
+        summary = train_mil(ds, images, cfg, out=out, device=device, resume=resume, overwrite=overwrite,
+                            progress=progress, log=info)
+    if summary["iterations"]:
+        h = summary["history"]
+        info(f"wrote {out}: {summary['epochs']} epochs on {summary['bags']} bags, loss {h[0]['loss']:.4f} (epoch 1) "
+             f"-> {h[-1]['loss']:.4f}, bag accuracy {h[-1]['accuracy']:.3f}")

@@ -40,7 +40,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["OBJECTIVES", "CCGRConfig", "Integrals", "integral_images", "box_sums", "refine_boxes", "crop_masks",
+__all__ = ["OBJECTIVES", "CCGRConfig", "Integrals", "integral_images", "box_sums", "refine_boxes",
            "stop_points", "STOPS"]
 
 OBJECTIVES = ("mass", "gap")
@@ -57,11 +57,20 @@ class CCGRConfig:
     threshold: float = 0.1  # t of the mass objective
     stop: str = "split"
     mask_thr: float = 0.5
+    mask_rule: str = "union"  # see wsis_cli.pseudo.ccgr_masks
+    contradict: float = 0.1  # an incoming mask's pixel the map scores below this is dropped (union)
+    keep_region: float = 0.5  # a refined box must hold this share of its incoming mask, or the input box stays
+    max_grow: float = 100.0  # ... and an area within this factor of the input box's, either way (10x a side)
+    centres: bool = True  # a box without a point takes its input box's centre as one
+    empty: str = "drop"  # an empty mask: drop the instance, or fall back to its incoming mask ("incoming")
+    dedup: float = 0.5  # same-class masks overlapping by IoU above this are one object (1: keep all)
+    min_component: int = 4  # px: the smallest map component that --labels may add as a missed instance
     chunk: int = 8192  # boxes optimised together, at most
     chunk_pixels: int = 96_000_000  # plane pixels of a chunk, at most (its integral images: 8 bytes each)
 
     def __post_init__(self) -> None:
         from wsis_cli.errors import WsisError
+        from wsis_cli.pseudo.ccgr_masks import MASK_RULES
 
         if self.objective not in OBJECTIVES:
             raise WsisError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
@@ -71,6 +80,14 @@ class CCGRConfig:
             raise WsisError(f"--threshold must be in [0, 1), got {self.threshold}")
         if self.context <= 1.0:
             raise WsisError(f"--context must be > 1 (the ring is the box scaled by it minus the box), got {self.context}")
+        if self.mask_rule not in MASK_RULES:
+            raise WsisError(f"--mask-rule must be one of {', '.join(MASK_RULES)}, got {self.mask_rule!r}")
+        if self.empty not in ("drop", "incoming"):
+            raise WsisError(f"--empty must be drop or incoming, got {self.empty!r}")
+        if not (0.0 <= self.keep_region <= 1.0 and self.max_grow >= 1.0 and 0.0 <= self.contradict <= 1.0
+                and 0.0 <= self.dedup <= 1.0 and self.min_component >= 1):
+            raise WsisError("--keep-region, --contradict and --dedup must be in [0, 1], --max-grow >= 1 and "
+                            "--min-component >= 1")
         if self.steps < 0 or self.lr <= 0:
             raise WsisError("--steps must be >= 0 and --lr > 0")
 
@@ -157,7 +174,6 @@ def _clip(v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     ``clamp`` gives a zero gradient at ``v == lo`` (and ``minimum`` half of it at ``v == hi``); a
     side that the projection has put on the image border would then never move off it again."""
     return torch.where(v < lo, lo, torch.where(v > hi, hi, v))
-
 
 def _context(boxes: torch.Tensor, factor: float) -> torch.Tensor:
     c = (boxes[:, :2] + boxes[:, 2:]) / 2
@@ -377,18 +393,3 @@ class _Adam:
         e, n = self.t, self.steps  # the schedule's recursive form, as CosineAnnealingLR.get_lr
         if e <= n:
             self.lr = (1 + math.cos(math.pi * e / n)) / (1 + math.cos(math.pi * (e - 1) / n)) * (self.lr - 0.0) + 0.0
-
-
-def crop_masks(plane: np.ndarray, boxes: np.ndarray, thr: float) -> list[np.ndarray]:
-    """Masks ``bool (H, W)``: ``plane > thr`` inside each box (pixels whose centres lie in it)."""
-    from wsis_cli.pseudo.fallback import pixel_span
-
-    h, w = plane.shape
-    out = []
-    for x1, y1, x2, y2 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
-        m = np.zeros((h, w), dtype=bool)
-        c1, c2 = pixel_span(x1, x2, w)
-        r1, r2 = pixel_span(y1, y2, h)
-        m[r1:r2, c1:c2] = plane[r1:r2, c1:c2] > thr
-        out.append(m)
-    return out

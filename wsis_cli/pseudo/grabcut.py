@@ -13,7 +13,11 @@ Beyond the paper's recipe (each measured on COCO boxes, see benchmarks/RESULTS.m
 the box corners outside the inscribed ellipse probable background; ``core``: a central ellipse
 of a quarter of the box's half-axes sure foreground), ``color`` (GrabCut's colour
 space), ``cleanup`` (morphological clean-up, keep the component that best fills the box, fill
-holes) and ``max_side`` (large crops are downscaled before GrabCut, the mask upscaled after).
+holes; ``opening``: whether it opens the mask with a 3x3 square first, which cuts parts 2 px
+thin: star tips, limbs, legs), ``max_side`` with ``downscale`` (large crops are downscaled before
+GrabCut, the mask upscaled after: to ``max_side`` px on the longer side, or to ``max_side**2``
+pixels, which leaves a tall, thin crop wider) and ``overlap`` (who owns pixels two masks claim,
+:mod:`wsis_cli.pseudo.overlap`, applied per image by the caller).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 from wsis_cli.boxes import box_iou, mask_to_box
 from wsis_cli.errors import WsisError
 from wsis_cli.pseudo.fallback import FALLBACKS, fallback_crop, paste, pixel_span
+from wsis_cli.pseudo.overlap import OVERLAPS, resolve
 
 __all__ = ["GrabCutConfig", "BoxResult", "grabcut_trimap", "grabcut_box", "segment_boxes", "resolve_overlaps",
            "box_seed"]
@@ -44,8 +49,12 @@ class GrabCutConfig:
     init: str = "rect"          # rect | ellipse | core: seeding of the box
     color: str = "rgb"          # rgb | lab | hsv: the space GrabCut's colour models live in
     cleanup: bool = True        # open/close, keep the component that best fills the box, fill holes
-    max_side: int = 160         # downscale crops whose longer side exceeds this (0: never)
+    opening: bool = False       # with cleanup: open (3x3) before closing (cuts 2 px thin parts)
+    max_side: int = 160         # downscale crops bigger than this (see downscale; 0: never)
+    downscale: str = "area"     # area | side: scale to max_side**2 pixels, or to max_side on the longer
+                                # side (a 4:1 crop: 320x80 against 160x40 px; square crops: the same)
     min_side: int = 4           # boxes narrower than this (px) skip GrabCut: too few pixels to model
+    overlap: str = "none"       # none | smaller | larger | lower-edge | evidence (pseudo/overlap.py)
     retry_iou: float = 0.7      # if > 0: an invalid mask gets a second GrabCut seeded with a sure-
                                 # foreground core, kept when its bbox IoU reaches this (stricter) bar
     seed: int = 0
@@ -61,6 +70,10 @@ class GrabCutConfig:
             raise WsisError(f"--fallback must be one of {', '.join(FALLBACKS)}, got {self.fallback!r}")
         if self.init not in INITS:
             raise WsisError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.downscale not in ("side", "area"):
+            raise WsisError(f"downscale must be side or area, got {self.downscale!r}")
+        if self.overlap not in OVERLAPS:
+            raise WsisError(f"--overlap must be one of {', '.join(OVERLAPS)}, got {self.overlap!r}")
         if self.color not in COLORS:
             raise WsisError(f"color must be one of {', '.join(COLORS)}, got {self.color!r}")
 
@@ -165,8 +178,9 @@ def grabcut_box(image: np.ndarray, box, cfg: GrabCutConfig, seed: int) -> tuple[
     crop = image[R1:R2, C1:C2]
     ch, cw = crop.shape[:2]
     scale = 1.0
-    if cfg.max_side and max(ch, cw) > cfg.max_side:
-        scale = cfg.max_side / max(ch, cw)
+    side = max(ch, cw) if cfg.downscale == "side" else np.sqrt(ch * cw)  # "area": keep thin crops' width
+    if cfg.max_side and side > cfg.max_side:
+        scale = cfg.max_side / side
         crop = cv2.resize(crop, (max(1, round(cw * scale)), max(1, round(ch * scale))), interpolation=cv2.INTER_AREA)
     sh, sw = crop.shape[:2]
     # the box in (possibly scaled) crop pixels
@@ -201,7 +215,8 @@ def grabcut_box(image: np.ndarray, box, cfg: GrabCutConfig, seed: int) -> tuple[
     fg &= inside
     if cfg.cleanup and fg.any():
         k = np.ones((3, 3), np.uint8)
-        fg = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_OPEN, k).astype(bool) if min(r2 - r1, c2 - c1) >= 12 else fg
+        if cfg.opening and min(r2 - r1, c2 - c1) >= 12:
+            fg = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_OPEN, k).astype(bool)
         fg = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_CLOSE, k).astype(bool) & inside
         if fg.any():
             fg = _fill_holes(_largest_filling_component(fg, (c1 - C1, r1 - R1, c2 - C1, r2 - R1)))
@@ -246,30 +261,11 @@ def segment_boxes(image: np.ndarray, boxes: np.ndarray, seeds: list[int], cfg: G
     return out
 
 
-def resolve_overlaps(results: list[BoxResult], keys: list[int], height: int, width: int) -> list[BoxResult]:
-    """Pixels claimed by several masks go to the smallest of them (by pixel count before
-    resolution; equal sizes: the larger ``key``, e.g. annotation id, so the outcome does not
-    depend on the order of the annotations), so instance masks never overlap. A mask that
-    loses every pixel becomes ``method "none"``, not valid."""
-    present = [i for i, r in enumerate(results) if r.mask is not None and r.mask.any()]
-    if len(present) < 2:
-        return list(results)
-    owner = np.full((height, width), -1, dtype=np.int32)
-    areas = {i: int(results[i].mask.sum()) for i in present}
-    for i in sorted(present, key=lambda i: (-areas[i], keys[i])):  # largest first, smaller ones paint over
-        r = results[i]
-        (r0, c0), (mh, mw) = r.offset, r.mask.shape
-        window = owner[r0:r0 + mh, c0:c0 + mw]
-        window[r.mask] = i
-    out = []
-    for i, r in enumerate(results):
-        if i not in areas:
-            out.append(r)
-            continue
-        (r0, c0), (mh, mw) = r.offset, r.mask.shape
-        kept = owner[r0:r0 + mh, c0:c0 + mw] == i
-        if kept.any():
-            out.append(replace(r, mask=kept))
-        else:
-            out.append(replace(r, mask=kept, method="none", valid=False))
-    return out
+def resolve_overlaps(results: list[BoxResult], keys: list[int], height: int, width: int, *, policy: str = "smaller",
+                     boxes=None, image: np.ndarray | None = None) -> list[BoxResult]:
+    """Pixels claimed by several masks go to one of them by ``policy`` (default: the smallest,
+    by pixel count before resolution; equal sizes: the larger ``key``, e.g. annotation id, so
+    the outcome does not depend on the order of the annotations); see
+    :func:`wsis_cli.pseudo.overlap.resolve` for the others. A mask that loses every pixel
+    becomes ``method "none"``, not valid."""
+    return resolve(results, keys, height, width, policy=policy, boxes=boxes, image=image)

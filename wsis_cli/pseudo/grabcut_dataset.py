@@ -2,8 +2,8 @@
 
 Each annotation gets a compressed-RLE ``segmentation``, its ``area`` and a record of how the
 mask was made: ``"wsis": {"method": "grabcut"|"ellipse"|"box"|"none", "valid": bool,
-"box_iou": float}``. Within an image, pixels claimed by two instances go to the smaller one,
-so instance masks never overlap.
+"box_iou": float}``. Within an image, pixels claimed by two instances are resolved by the
+``overlap`` policy (:mod:`wsis_cli.pseudo.overlap`; ``none`` leaves the masks overlapping).
 
 Degenerate boxes never stop a run: boxes partly outside the image are clipped (a warning names
 each), boxes with no area inside the image are skipped (a warning names each; they are left out
@@ -112,7 +112,8 @@ def grabcut_image(job: BoxJob) -> dict:
     """Masks of one image's boxes: ``{"anns": {ann_id: {segmentation, area, wsis}}}`` (JSON-ready)."""
     if not job.boxes:
         return {"anns": {}}
-    return _join(job, [_segment(_read(job), job)])
+    img = _read(job)
+    return _join(job, [_segment(img, job)], img)
 
 
 def grabcut_chunk(piece: BoxJob) -> list[BoxResult]:
@@ -121,12 +122,17 @@ def grabcut_chunk(piece: BoxJob) -> list[BoxResult]:
     return _segment(_read(piece, keep=True), piece)
 
 
-def _join(job: BoxJob, pieces: list[list[BoxResult]]) -> dict:
+def _join(job: BoxJob, pieces: list[list[BoxResult]], img: np.ndarray | None = None) -> dict:
     """:func:`grabcut_image`'s result from the masks of all ``job``'s boxes, in pieces in order:
-    overlaps resolved, each mask encoded from its crop."""
+    overlaps resolved, each mask encoded from its crop. ``img``: the picture, when at hand (the
+    ``evidence`` overlap policy reads it otherwise)."""
     if _KEPT and _KEPT[0][0] == job.path:
         _KEPT.clear()  # this process ran pieces of the image: they are all in
-    results = resolve_overlaps([r for piece in pieces for r in piece], job.ann_ids, job.height, job.width)
+    policy = job.config.get("overlap", "smaller")
+    if policy == "evidence" and img is None:
+        img = _read(job)
+    results = resolve_overlaps([r for piece in pieces for r in piece], job.ann_ids, job.height, job.width,
+                               policy=policy, boxes=np.asarray(job.boxes, dtype=np.float64), image=img)
     out = {}
     for ann_id, r in zip(job.ann_ids, results):
         m = crop_to_rle(r.mask, r.offset, job.height, job.width)
@@ -245,7 +251,7 @@ def pseudolabel_grabcut(ds: Dataset, *, images_dir: str | Path, cfg: GrabCutConf
                              mask=made["segmentation"], area=made["area"], method=method, valid=wsis["valid"],
                              wsis=wsis, fields=fields))
         if made["area"] == 0:
-            warn(f"{ds.path}: {ann_record(a)}: its mask lost every pixel to smaller overlapping instances "
+            warn(f"{ds.path}: {ann_record(a)}: its mask lost every pixel to overlapping instances "
                  "(a duplicate box?); left empty and not valid")
         _, _, w, h = coco_bbox(clipped[a["id"]], BBOX_DECIMALS)
         size = "small" if w * h < SMALL_AREA else "large"
