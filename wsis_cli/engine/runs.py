@@ -19,7 +19,7 @@ import torch
 from wsis_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from wsis_cli.errors import WsisError
 
-__all__ = ["check_resume", "prepare_run", "remove_stale_temps", "EpochWriter", "snapshot", "commit_epoch", "append_metrics", "run_file"]
+__all__ = ["check_resume", "check_checkpoint_out", "resume_checkpoint", "prepare_run", "remove_stale_temps", "EpochWriter", "snapshot", "commit_epoch", "append_metrics", "run_file"]
 
 CATEGORY_KEYS = ("category_ids", "category_names", "num_classes")
 
@@ -56,6 +56,38 @@ def check_resume(state: dict, *, run: Path, version: int, config: dict, train: d
     if world is not None and old_train.get("world_size", 1) != world:
         raise WsisError(f"{run}: was trained by {old_train.get('world_size', 1)} processes, not {world}; resume it "
                         "with the same number")
+
+
+def check_checkpoint_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """A single-file trainer's ``--out``: not a folder; an existing file needs ``resume`` or
+    ``overwrite``; temp files a killed write left beside it are removed."""
+    if out.is_dir():
+        raise WsisError(f"{out}: is a directory, expected a checkpoint file path")
+    if out.exists() and not (resume or overwrite):
+        raise WsisError(f"{out}: exists; add --resume to continue its training, or --overwrite to start afresh")
+    if out.parent.is_dir():
+        for tmp in out.parent.glob(f".{out.name}.*.tmp"):  # what a killed write left behind
+            tmp.unlink(missing_ok=True)
+
+
+def resume_checkpoint(out: Path, *, kind: str, version: int, config: dict, train: dict, model_keys: Iterable[str],
+                      train_keys: Iterable[str], epochs: int, say: Callable[[str], None]) -> dict | None:
+    """The single-file checkpoint ``out`` to continue from, checked by :func:`check_resume` (None:
+    there is none yet, start from scratch); says how far it got and whether the schedule of
+    ``epochs`` changes."""
+    if not out.is_file():
+        say(f"{out} does not exist yet: training from the start")
+        return None
+    state = load_checkpoint(out, kind=kind)
+    check_resume(state, run=out, version=version, config=config, train=train, model_keys=model_keys,
+                 train_keys=train_keys)
+    start, planned = int(state["epoch"]), state["train"].get("epochs", int(state["epoch"]))
+    if start < epochs:
+        say(f"resuming {out} after epoch {start} of {planned}")
+        if planned != epochs:
+            say(f"the schedule changes from {planned} to {epochs} epochs: the cosine learning-rate decay is "
+                f"recomputed for {epochs}")
+    return state
 
 
 def prepare_run(run: Path, *, kind: str, resume: bool, main: bool, say: Callable[[str], None],

@@ -32,12 +32,12 @@ import torch.nn.functional as F
 
 from wsis_cli import __version__
 from wsis_cli.coco import Dataset
-from wsis_cli.engine.checkpoint import damaged_checkpoint, load_checkpoint, load_model, save_checkpoint
+from wsis_cli.engine.checkpoint import damaged_checkpoint, load_model, save_checkpoint
 from wsis_cli.engine.device import resolve_device
 from wsis_cli.engine.loop import (FailedSample, amp_on, interrupt_note, keeps_torch_threads, make_loader,
                                   make_scaler, set_threads, train_epoch)
 from wsis_cli.engine.rng import keyed_rng, torch_seed
-from wsis_cli.engine.runs import check_resume
+from wsis_cli.engine.runs import check_checkpoint_out, resume_checkpoint
 from wsis_cli.errors import WsisError
 from wsis_cli.images import check_images, image_path, read_image
 from wsis_cli.models.classifier import PeakClassifier, build_classifier, image_tensor
@@ -57,6 +57,9 @@ __all__ = [
 
 FORMAT = "wsis-classifier"
 VERSION = 1
+# what a resumed checkpoint must share with the options
+_KEYS = {"model_keys": ("category_ids", "category_names", "num_classes", "backbone", "size", "peak_kernel"),
+         "train_keys": ("weights", "batch_size", "lr", "amp", "seed")}
 SCALES = (0.75, 1.0, 1.25)  # each batch's side is one of these times --size, rounded to a multiple of 16
 JITTER = 0.2  # brightness, contrast and saturation factors are drawn from [1 - JITTER, 1 + JITTER]
 MOMENTUM = 0.9
@@ -177,34 +180,6 @@ def _records(ds: Dataset, cfg: ClassifierConfig, labels: np.ndarray) -> tuple[di
     return config, train
 
 
-def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
-    if out.is_dir():
-        raise WsisError(f"{out}: is a directory, expected a checkpoint file path")
-    if out.exists() and not (resume or overwrite):
-        raise WsisError(f"{out}: exists; add --resume to continue its training, or --overwrite to start afresh")
-    if out.parent.is_dir():
-        for tmp in out.parent.glob(f".{out.name}.*.tmp"):  # what a killed write left behind
-            tmp.unlink(missing_ok=True)
-
-
-def _resume_state(out: Path, cfg: ClassifierConfig, config: dict, train: dict, say) -> dict | None:
-    """The checkpoint to continue from, after checking it fits (None: start from scratch)."""
-    if not out.is_file():
-        say(f"{out} does not exist yet: training from the start")
-        return None
-    state = load_checkpoint(out, kind=FORMAT)
-    check_resume(state, run=out, version=VERSION, config=config, train=train,
-                 model_keys=("category_ids", "category_names", "num_classes", "backbone", "size", "peak_kernel"),
-                 train_keys=("weights", "batch_size", "lr", "amp", "seed"))
-    start, planned = int(state["epoch"]), state["train"].get("epochs", int(state["epoch"]))
-    if start < cfg.epochs:
-        say(f"resuming {out} after epoch {start} of {planned}")
-        if planned != cfg.epochs:
-            say(f"the schedule changes from {planned} to {cfg.epochs} epochs: the cosine learning-rate decay is "
-                f"recomputed for {cfg.epochs}")
-    return state
-
-
 def _model_and_optimizer(ds: Dataset, cfg: ClassifierConfig, state: dict | None, out: Path, dev: torch.device,
                          use_amp: bool):
     torch.manual_seed(torch_seed(cfg.seed, -1, stream=_TORCH))
@@ -248,17 +223,17 @@ def train_classifier(
     replaced; without either, an existing ``out`` is an error. ``progress(done, total)`` counts
     iterations; ``log`` gets a line per epoch and any warning. Returns ``{"out", "epochs",
     "iterations", "resumed_from", "history"}``."""
-    say = log or (lambda _msg: None)
-    out = Path(out)
+    say, out = log or (lambda _msg: None), Path(out)
     labels = _checked_labels(ds)
     paths = [image_path(images_dir, im, dataset=ds.path) for im in ds.images]
     check_images(ds.images, paths, ds.path, sizes=False)  # a broken file fails now, not hours into training
-    _check_out(out, resume=resume, overwrite=overwrite)
+    check_checkpoint_out(out, resume=resume, overwrite=overwrite)
     dev = resolve_device(device) if isinstance(device, str) else device
     use_amp = amp_on(cfg.amp, dev, say)
     threads = set_threads(cfg.threads, dev)
     config, train = _records(ds, cfg, labels)
-    state = _resume_state(out, cfg, config, train, say) if resume else None
+    state = resume_checkpoint(out, kind=FORMAT, version=VERSION, config=config, train=train, epochs=cfg.epochs,
+                              say=say, **_KEYS) if resume else None
     start, history = (int(state["epoch"]), list(state["history"])) if state is not None else (0, [])
     if start >= cfg.epochs and state is not None:
         say(f"{out} already holds {start} epochs (asked for {cfg.epochs}): nothing to train")

@@ -31,12 +31,12 @@ import torch
 
 from wsis_cli import __version__
 from wsis_cli.coco import Dataset
-from wsis_cli.engine.checkpoint import damaged_checkpoint, load_checkpoint, load_model, save_checkpoint
+from wsis_cli.engine.checkpoint import damaged_checkpoint, load_model, save_checkpoint
 from wsis_cli.engine.device import resolve_device
 from wsis_cli.engine.loop import interrupt_note, keeps_torch_threads, make_loader, make_scaler, set_threads, train_epoch
 from wsis_cli.engine.mil_data import BagImages, bags_fingerprint, collate_bags, image_bags
 from wsis_cli.engine.rng import keyed_rng, torch_seed
-from wsis_cli.engine.runs import check_resume
+from wsis_cli.engine.runs import check_checkpoint_out, resume_checkpoint
 from wsis_cli.errors import WsisError
 from wsis_cli.images import check_images
 from wsis_cli.models.mil import WSDDN, build_mil, mil_loss
@@ -45,6 +45,10 @@ __all__ = ["FORMAT", "MILConfig", "batch_plan", "train_mil", "load_mil"]
 
 FORMAT = "wsis-mil"
 VERSION = 1
+# what a resumed checkpoint must share with the options
+_KEYS = {"model_keys": ("category_ids", "category_names", "num_classes", "backbone", "size", "reduce", "hidden",
+                        "roi_size"),
+         "train_keys": ("weights", "batch_size", "lr", "seed")}
 WEIGHT_DECAY = 1e-4
 _ORDER, _TORCH = 1, 2  # keyed streams (mil_data's flips use 0)
 
@@ -87,34 +91,6 @@ def _records(ds: Dataset, cfg: MILConfig, data: str) -> tuple[dict, dict]:
     return config, train
 
 
-def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
-    if out.is_dir():
-        raise WsisError(f"{out}: is a directory, expected a checkpoint file path")
-    if out.exists() and not (resume or overwrite):
-        raise WsisError(f"{out}: exists; add --resume to continue its training, or --overwrite to start afresh")
-    if out.parent.is_dir():
-        for tmp in out.parent.glob(f".{out.name}.*.tmp"):  # what a killed write left behind
-            tmp.unlink(missing_ok=True)
-
-
-def _resume_state(out: Path, cfg: MILConfig, config: dict, train: dict, say) -> dict | None:
-    if not out.is_file():
-        say(f"{out} does not exist yet: training from the start")
-        return None
-    state = load_checkpoint(out, kind=FORMAT)
-    check_resume(state, run=out, version=VERSION, config=config, train=train,
-                 model_keys=("category_ids", "category_names", "num_classes", "backbone", "size", "reduce",
-                             "hidden", "roi_size"),
-                 train_keys=("weights", "batch_size", "lr", "seed"))
-    start, planned = int(state["epoch"]), state["train"].get("epochs", int(state["epoch"]))
-    if start < cfg.epochs:
-        say(f"resuming {out} after epoch {start} of {planned}")
-        if planned != cfg.epochs:
-            say(f"the schedule changes from {planned} to {cfg.epochs} epochs: the cosine learning-rate decay is "
-                f"recomputed for {cfg.epochs}")
-    return state
-
-
 def _model_and_optimizer(ds: Dataset, cfg: MILConfig, state: dict | None, out: Path, dev: torch.device):
     torch.manual_seed(torch_seed(cfg.seed, -1, stream=_TORCH))
     model = build_mil(backbone=cfg.backbone, num_classes=len(ds.categories),
@@ -140,9 +116,10 @@ def _prepare(ds: Dataset, images_dir, cfg: MILConfig, out: Path, resume: bool, o
                         "directly")
     items = image_bags(ds, images_dir)
     check_images([it.image for it in items], [it.path for it in items], ds.path, sizes=False)
-    _check_out(out, resume=resume, overwrite=overwrite)
+    check_checkpoint_out(out, resume=resume, overwrite=overwrite)
     config, train = _records(ds, cfg, bags_fingerprint(items))
-    state = _resume_state(out, cfg, config, train, say) if resume else None
+    state = resume_checkpoint(out, kind=FORMAT, version=VERSION, config=config, train=train, epochs=cfg.epochs,
+                              say=say, **_KEYS) if resume else None
     return items, config, train, state
 
 
