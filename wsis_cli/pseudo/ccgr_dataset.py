@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from wsis_cli.boxes import box_iou, xywh_to_xyxy
-from wsis_cli.coco import Dataset, ann_record, has_segmentation, labels_of, provenance, rle_to_mask
+from wsis_cli.coco import Dataset, ann_record, has_segmentation, labels_of, provenance, rle_to_mask, segm_to_rle
 from wsis_cli.errors import InputError
 from wsis_cli.pseudo.ccgr import CCGRConfig, refine_boxes, stop_points
 from wsis_cli.pseudo.ccgr_masks import box_of_mask, components, duplicates, instance_mask, plausible
@@ -196,15 +196,10 @@ def _without_duplicates(out: list[Instance], cfg: CCGRConfig, summary: dict) -> 
     ``cfg.dedup`` (counted in ``duplicates``)."""
     if cfg.dedup >= 1.0 or len(out) < 2:
         return out
-    dup = duplicates([_rle(i.mask) for i in out], [_score(i) for i in out], [(i.image_id, i.category_id)
-                                                                              for i in out], cfg.dedup)
+    dup = duplicates([segm_to_rle(i.mask, *i.mask["size"]) for i in out], [_score(i) for i in out],
+                     [(i.image_id, i.category_id) for i in out], cfg.dedup)
     summary["duplicates"] = int(dup.sum())
     return [i for i, d in zip(out, dup) if not d]
-
-
-def _rle(rle: dict) -> dict:
-    c = rle["counts"]
-    return {"size": rle["size"], "counts": c.encode("ascii") if isinstance(c, str) else c}
 
 
 def _missed(ds: Dataset, labels: Dataset, out: list[Instance], maps_dir, cfg: CCGRConfig, summary: dict) -> list:
