@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from wsis_cli.errors import WsisError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "damaged_checkpoint", "load_model", "short_message"]
+__all__ = ["save_checkpoint", "load_checkpoint", "damaged_checkpoint", "fill_model", "load_model", "short_message"]
 
 
 def save_checkpoint(path: str | os.PathLike, obj: dict[str, Any]) -> None:
@@ -66,6 +66,15 @@ def load_checkpoint(path: str | os.PathLike, *, kind: str) -> dict[str, Any]:
 def damaged_checkpoint(path: str | os.PathLike, fmt: str, e: BaseException) -> WsisError:
     """The error for a checkpoint that loads but does not fit its model."""
     return WsisError(f"{path}: a damaged {fmt} checkpoint ({short_message(e)})")
+
+
+def fill_model(model: Any, state: dict, path: str | os.PathLike, fmt: str) -> None:
+    """Load a resumed checkpoint's ``model`` state into ``model``; one that does not fit is
+    :func:`damaged_checkpoint`."""
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as e:
+        raise damaged_checkpoint(path, fmt, e) from None
 
 
 def load_model(path: str | os.PathLike, *, kind: str, version: int, build: Callable[[dict], Any],

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from wsis_cli import __version__
 from wsis_cli.coco import Dataset
-from wsis_cli.engine.checkpoint import damaged_checkpoint, load_model, save_checkpoint
+from wsis_cli.engine.checkpoint import fill_model, load_model, save_checkpoint
 from wsis_cli.engine.device import resolve_device
 from wsis_cli.engine.loop import (FailedSample, amp_on, interrupt_note, keeps_torch_threads, make_loader,
                                   make_scaler, set_threads, train_epoch)
@@ -187,10 +187,7 @@ def _model_and_optimizer(ds: Dataset, cfg: ClassifierConfig, state: dict | None,
     model = build_classifier(backbone=cfg.backbone, num_classes=len(ds.categories),
                              weights=cfg.weights if state is None else "none", peak_kernel=cfg.peak_kernel)
     if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-        except (KeyError, RuntimeError) as e:
-            raise damaged_checkpoint(out, FORMAT, e) from None
+        fill_model(model, state, out, FORMAT)
     model.to(dev)
     base_lr = cfg.lr * (BACKBONE_LR if cfg.pretrained else 1.0)
     optimizer = torch.optim.SGD(

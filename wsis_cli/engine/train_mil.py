@@ -31,7 +31,7 @@ import torch
 
 from wsis_cli import __version__
 from wsis_cli.coco import Dataset
-from wsis_cli.engine.checkpoint import damaged_checkpoint, load_model, save_checkpoint
+from wsis_cli.engine.checkpoint import fill_model, load_model, save_checkpoint
 from wsis_cli.engine.device import resolve_device
 from wsis_cli.engine.loop import interrupt_note, keeps_torch_threads, make_loader, make_scaler, set_threads, train_epoch
 from wsis_cli.engine.mil_data import BagImages, bags_fingerprint, collate_bags, image_bags
@@ -97,10 +97,7 @@ def _model_and_optimizer(ds: Dataset, cfg: MILConfig, state: dict | None, out: P
                       weights=cfg.weights if state is None else "none", reduce=cfg.reduce, hidden=cfg.hidden,
                       roi_size=cfg.roi_size, frozen_bn=cfg.weights != "none")
     if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-        except (KeyError, RuntimeError) as e:
-            raise damaged_checkpoint(out, FORMAT, e) from None
+        fill_model(model, state, out, FORMAT)
     model.to(dev)
     optimizer = torch.optim.Adam([{"params": list(model.parameters()), "lr": cfg.lr, "base_lr": cfg.lr}],
                                  lr=cfg.lr, weight_decay=WEIGHT_DECAY)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from wsis_cli import __version__
 from wsis_cli.coco import Dataset
-from wsis_cli.engine.checkpoint import damaged_checkpoint, load_model, save_checkpoint
+from wsis_cli.engine.checkpoint import fill_model, load_model, save_checkpoint
 from wsis_cli.engine.device import resolve_device
 from wsis_cli.engine.loop import (amp_on, interrupt_note, keeps_torch_threads, make_loader, make_scaler,
                                   set_threads, train_epoch)
@@ -140,10 +140,7 @@ def _model_and_optimizer(ds: Dataset, cfg: SegmenterConfig, state: dict | None, 
     model = build_segmenter(cfg.backbone, num_classes=len(ds.categories),
                             weights=cfg.weights if state is None else "none")
     if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-        except (KeyError, RuntimeError) as e:
-            raise damaged_checkpoint(out, FORMAT, e) from None
+        fill_model(model, state, out, FORMAT)
     model.to(dev)
     trunk = list(model.backbone.parameters())
     ids = {id(p) for p in trunk}
