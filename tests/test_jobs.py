@@ -179,3 +179,22 @@ def test_an_error_in_a_piece_is_one_line_and_stops_the_pool():
     while mp.active_children() and time.time() < deadline:
         time.sleep(0.05)
     assert not mp.active_children()
+
+
+def test_pool_workers_do_not_run_the_parents_script_again(tmp_path):
+    """A console script (like `wsis`) imports at its top; spawned workers must not run it again."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "ran.txt"
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import operator\n"
+        f"open({str(marker)!r}, 'a').write('top\\n')  # a console script's imports stand here\n"
+        "from wsis_cli.jobs import run_images\n"
+        "if __name__ == '__main__':\n"
+        "    print(sorted(run_images(operator.neg, [(i, i) for i in range(6)], workers=2).items()))\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == str([(i, -i) for i in range(6)])
+    assert marker.read_text() == "top\n"  # once, in the parent

@@ -23,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from dataclasses import dataclass
@@ -128,6 +130,29 @@ def _worker_init() -> None:
     _die_with_parent()
 
 
+def _ready() -> None:
+    """A pool's first task: submitted once per worker so that all of them start at once."""
+
+
+@contextmanager
+def _main_hidden():
+    """Spawned workers run the parent's main script again, as ``__mp_main__``, unless it is a
+    package's ``__main__``; the ``wsis`` console script imports the whole CLI at its top (typer,
+    rich, every verb), which a worker never needs: the pool's functions are wsis_cli's. Hide the
+    script from multiprocessing while the workers start."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    if main is None or getattr(main.__spec__, "name", "").endswith("__main__") or "__file__" not in saved:
+        yield
+        return
+    try:
+        main.__spec__ = None
+        del main.__file__
+        yield
+    finally:
+        main.__dict__.update(saved)
+
+
 def _die_with_parent() -> None:
     """Ask Linux to SIGTERM this worker when its parent dies (killed, crashed), so a pool never
     outlives the run; elsewhere a no-op."""
@@ -218,6 +243,9 @@ def _run_pool(units, *, workers: int, record: Callable[[int, Any], None]) -> Non
 
     ctx = mp.get_context("spawn")  # no fork of a process holding locks (progress thread, BLAS)
     ex = ProcessPoolExecutor(max_workers=workers - 1, mp_context=ctx, initializer=_worker_init)
+    with _main_hidden():  # start every worker now: they boot while this process reads the first image
+        for _ in range(workers - 1):
+            ex.submit(_ready)
     lock, stop, arrived = threading.Lock(), threading.Event(), queue.SimpleQueue()
     gathered: dict[int, list] = {}  # image id -> its pieces' results so far (None: not yet)
 
