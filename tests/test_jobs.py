@@ -198,3 +198,37 @@ def test_pool_workers_do_not_run_the_parents_script_again(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == str([(i, -i) for i in range(6)])
     assert marker.read_text() == "top\n"  # once, in the parent
+
+
+def threaded_piece(arg):
+    import os
+    import threading
+    import time
+
+    boxes, fail = arg
+    time.sleep(0.02)  # sleeping frees the GIL, as GrabCut does
+    if fail in boxes:
+        raise WsisError(f"box {fail} broke")
+    return sum(boxes), (os.getpid(), threading.get_ident())
+
+
+def test_a_lone_image_runs_its_pieces_on_threads_of_this_process():
+    import os
+
+    seen = []
+
+    def split(n, fail=-1):
+        def join(results):
+            seen.extend(who for _, who in results)
+            return sum(s for s, _ in results)
+
+        return Parts(fn=threaded_piece, pieces=[(list(range(a, min(n, a + 3))), fail) for a in range(0, n, 3)],
+                     join=join, threads=True)
+
+    assert run_images(total, [(7, 90)], workers=2, split=split) == {7: total(90)}
+    assert len(seen) == 30 and {pid for pid, _ in seen} == {os.getpid()} and len({t for _, t in seen}) == 2
+    with pytest.raises(WsisError, match="box 13 broke"):
+        run_images(total, [(7, 90)], workers=2, split=lambda n: split(n, fail=13))
+    seen.clear()  # with more than one image the pool of processes takes the pieces, as before
+    assert run_images(total, [(7, 90), (8, 30)], workers=2, split=split) == {7: total(90), 8: total(30)}
+    assert len(seen) == 40

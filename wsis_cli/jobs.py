@@ -176,6 +176,7 @@ class Parts:
     fn: Callable[[Any], Any]
     pieces: list
     join: Callable[[list], Any]
+    threads: bool = False  # fn releases the GIL (C++ work): a lone image runs its pieces on threads here
 
 
 def run_images(fn: Callable[[Any], Any], tasks: Iterable[tuple[int, Any]], *, workers: int = 1,
@@ -208,13 +209,38 @@ def run_images(fn: Callable[[Any], Any], tasks: Iterable[tuple[int, Any]], *, wo
         if progress:
             progress(done, n_total)
 
-    alone = len(todo) == 1 and (split is None or split(todo[0][1]) is None)
-    if workers <= 1 or not todo or alone:
+    parts = split(todo[0][1]) if workers > 1 and len(todo) == 1 and split is not None else None
+    if parts is not None and parts.threads:  # one image: no process to start, no picture to decode again
+        record(todo[0][0], _run_threads(parts, workers))
+        return results
+    if workers <= 1 or not todo or (len(todo) == 1 and parts is None):
         for image_id, payload in todo:
             record(image_id, fn(payload))
         return results
     _run_pool(_units(fn, todo, split), workers=workers, record=record)
     return results
+
+
+def _run_threads(parts: Parts, workers: int) -> Any:
+    """``parts``' result, its pieces run on ``workers`` threads of this process (OpenCV's own
+    threads off meanwhile: one per core already)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import cv2
+
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    ex = ThreadPoolExecutor(max_workers=workers)
+    try:
+        futures = [ex.submit(parts.fn, piece) for piece in parts.pieces]
+        done = [f.result() for f in futures]
+    except BaseException:  # an error in a piece, or an interrupt: drop the pieces not yet started
+        ex.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        cv2.setNumThreads(threads)
+    ex.shutdown()
+    return parts.join(done)
 
 
 def _units(fn: Callable[[Any], Any], todo: list[tuple[int, Any]], split: Callable[[Any], Parts | None] | None):

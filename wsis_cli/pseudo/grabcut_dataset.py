@@ -11,12 +11,14 @@ of the output), boxes too thin for GrabCut get the fallback.
 
 Images run one per worker (:func:`grabcut_image`); a big image with many boxes (:class:`SplitRule`)
 is cut into runs of boxes segmented across the workers (:func:`grabcut_chunk`), its overlaps then
-resolved and its masks encoded in the parent: the same output for any number of workers.
+resolved and its masks encoded in the parent: the same output for any number of workers. An image
+that is the whole job runs its pieces on threads of this process (OpenCV frees the GIL).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -81,6 +83,7 @@ def prepare_boxes(ds: Dataset, images: list[dict], images_dir: str | Path, cfg: 
 
 
 _KEPT: list = []  # [(path, mtime, size), pixels]: the last picture read for pieces, in this process
+_KEPT_LOCK = threading.Lock()
 
 
 def _read(job: BoxJob, *, keep: bool = False) -> np.ndarray:
@@ -90,12 +93,15 @@ def _read(job: BoxJob, *, keep: bool = False) -> np.ndarray:
 
     stat = os.stat(job.path) if keep and os.path.isfile(job.path) else None
     key = (job.path, stat.st_mtime_ns, stat.st_size) if stat else None
-    if key is not None and _KEPT and _KEPT[0] == key:
-        img = _KEPT[1]
-    else:
+    if key is None:
         img = read_image(job.path)
-        if key is not None:
-            _KEPT[:] = [key, img]
+    else:
+        with _KEPT_LOCK:  # pieces on threads: the first decodes, the others wait for it
+            if _KEPT and _KEPT[0] == key:
+                img = _KEPT[1]
+            else:
+                img = read_image(job.path)
+                _KEPT[:] = [key, img]
     if img.shape[:2] != (job.height, job.width):
         raise InputError(job.path, f"is {img.shape[1]}x{img.shape[0]} but image {job.image_id} of the dataset "
                                    f"says {job.width}x{job.height}")
@@ -163,7 +169,7 @@ class SplitRule:
         if len(starts) < 3:
             return None
         pieces = [replace(job, ann_ids=job.ann_ids[a:b], boxes=job.boxes[a:b]) for a, b in zip(starts, starts[1:])]
-        return Parts(fn=grabcut_chunk, pieces=pieces, join=partial(_join, job))
+        return Parts(fn=grabcut_chunk, pieces=pieces, join=partial(_join, job), threads=True)  # GrabCut frees the GIL
 
 
 SPLIT = SplitRule()
