@@ -135,12 +135,15 @@ def test_an_image_cut_in_pieces_gives_the_same_bytes(crowd, overlap):
 
 
 def test_the_split_rule():
-    from wsis_cli.pseudo.grabcut_dataset import SPLIT, BoxJob
+    from wsis_cli.pseudo.grabcut_dataset import SPLIT, BoxJob, SplitRule
 
     job = BoxJob(1, "x.jpg", 3000, 4000, list(range(200)), [[0, 0, 10, 10]] * 200, {})
     parts = SPLIT(job, 2)
     sizes = [len(p.boxes) for p in parts.pieces]
-    assert sum(sizes) == 200 and sizes[0] == 50 and sizes == sorted(sizes, reverse=True) and min(sizes[:-1]) >= 2
+    assert sum(sizes) == 200 and sizes[0] == 16 and sizes == sorted(sizes, reverse=True) and min(sizes[:-1]) >= 2
+    assert sizes[9:] == [14, 11, 8, 6, 5, 3, 3, 2, 2, 2]  # ceil(left / 4) once that is under 16, at least 2
+    assert [p.ann_ids for p in parts.pieces] == [job.ann_ids[a:a + k] for a, k in zip(np.cumsum([0] + sizes), sizes)]
+    assert [len(p.boxes) for p in SplitRule(most=1000)(job, 2).pieces][:3] == [50, 38, 28]  # ceil(left / 4) alone
     assert SPLIT(job, 1) is None  # one worker: nothing to share
     small = BoxJob(1, "x.jpg", 480, 640, list(range(200)), [[0, 0, 10, 10]] * 200, {})
     few = BoxJob(1, "x.jpg", 3000, 4000, list(range(20)), [[0, 0, 10, 10]] * 20, {})

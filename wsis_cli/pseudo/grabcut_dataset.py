@@ -151,13 +151,16 @@ def _join(job: BoxJob, pieces: list[list[BoxResult]], img: np.ndarray | None = N
 class SplitRule:
     """When an image's boxes are cut into pieces run across the pool: it has at least ``boxes``
     boxes and ``pixels`` pixels. Pieces are runs of boxes in the image's order, each of
-    ``ceil(left / (2 * workers))`` of the ``left`` boxes not yet in a piece, at least ``chunk``:
-    big first, small last, so the workers finish together. The output does not depend on it
-    (each box is seeded alone; overlaps are resolved once all the image's masks are in)."""
+    ``ceil(left / (2 * workers))`` of the ``left`` boxes not yet in a piece, at least ``chunk``
+    and at most ``most``: big first, small last, so the workers finish together, and none so long
+    that an interrupt waits for it (a piece on a thread cannot be stopped; 16 boxes ≈ 0.3 s). The
+    output does not depend on it (each box is seeded alone; overlaps are resolved once all the
+    image's masks are in)."""
 
     boxes: int = 48
     pixels: int = 2_000_000
     chunk: int = 2
+    most: int = 16
 
     def __call__(self, job: BoxJob, workers: int) -> Parts | None:
         n = len(job.boxes)
@@ -165,7 +168,8 @@ class SplitRule:
             return None
         starts = [0]
         while starts[-1] < n:
-            starts.append(min(n, starts[-1] + max(1, self.chunk, -(-(n - starts[-1]) // (2 * workers)))))
+            size = min(max(1, self.most), max(1, self.chunk, -(-(n - starts[-1]) // (2 * workers))))
+            starts.append(min(n, starts[-1] + size))
         if len(starts) < 3:
             return None
         pieces = [replace(job, ann_ids=job.ann_ids[a:b], boxes=job.boxes[a:b]) for a, b in zip(starts, starts[1:])]
