@@ -115,7 +115,8 @@ class Ladder:
         epochs = max(a.epochs, math.ceil(a.epochs * a.train / max(n_images, 1)))
         return ["--backbone", "resnet18", "--weights", "none", "--min-size", a.size, "--max-size", a.size,
                 "--fpn-channels", 64, "--head-channels", 256, "--batch-size", 4, "--lr", 0.02,
-                "--warmup-iters", 20, "--keep-epochs", 0, "--epochs", epochs, "--seed", a.seed,
+                "--warmup-iters", 20, "--keep-epochs", 0, "--epochs", epochs,
+                "--seed", a.seed if a.train_seed is None else a.train_seed,
                 "--threads", a.threads, "--neck", a.neck, "--overwrite", "--quiet"]
 
     def train(self, log: Path, labels: Path, run: Path, n_images: int, *extra) -> Path:
@@ -443,6 +444,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=160, help="Image side in px (and the models' input side).")
     p.add_argument("--epochs", type=int, default=10, help="Epochs over --train images (more for smaller sets).")
     p.add_argument("--seed", type=int, default=0, help="Seed of the data, the subsets and every verb.")
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="Seed of the Mask R-CNN trainings alone (default: --seed): the same data and labels "
+                        "trained again, to see the training noise.")
     p.add_argument("--threads", type=int, default=1, help="Torch threads (and GrabCut workers) of each verb.")
     p.add_argument("--jobs", type=int, default=2, help="Rungs run at once.")
     p.add_argument("--strong", type=int, default=12, help="semi / strong-only: images with masks to start with.")
@@ -501,10 +505,10 @@ def main(argv=None) -> int:
     return 0 if all(r.get("test") for r in results.values()) else 1
 
 
-SAME_DATA = ("train", "test", "size", "epochs", "seed", "strong", "select", "neck")  # what every rung shares
+SAME_DATA = ("train", "test", "size", "epochs", "seed", "train_seed", "strong", "select", "neck")  # what every rung shares
 
 
-OLD_DEFAULTS = {"neck": "fpn"}  # settings a ladder.json from before these options had
+OLD_DEFAULTS = {"neck": "fpn", "train_seed": None}  # settings a ladder.json from before these options had
 
 
 def merged(path: Path, a: argparse.Namespace, results: dict) -> dict:

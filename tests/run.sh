@@ -3,7 +3,8 @@
 # Extra arguments go to pytest, e.g. `bash tests/run.sh -k evaluate`. Tests marked `slow` (model
 # quality: tests/engine/test_overfit.py) are left out unless the arguments choose markers with -m:
 # `bash tests/run.sh -m slow` runs only them, `bash tests/run.sh -m ""` everything. Tests run in
-# parallel (pytest-xdist), one process per core, at least 2; WSIS_TEST_WORKERS=0 runs them in one.
+# parallel (pytest-xdist), one process per core, at least 2; WSIS_TEST_WORKERS=0 runs them in one
+# (needed for options such as --pdb or -s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source .ci/venv.sh

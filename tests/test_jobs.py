@@ -190,7 +190,8 @@ def test_pool_workers_do_not_run_the_parents_script_again(tmp_path):
     script = tmp_path / "script.py"
     script.write_text(
         "import operator\n"
-        f"open({str(marker)!r}, 'a').write('top\\n')  # a console script's imports stand here\n"
+        f"open({str(marker)!r}, 'a').write('top\\n')\n"
+        "from wsis_cli.cli.app import main  # what the console script holds\n"
         "from wsis_cli.jobs import run_images\n"
         "if __name__ == '__main__':\n"
         "    print(sorted(run_images(operator.neg, [(i, i) for i in range(6)], workers=2).items()))\n")
@@ -198,6 +199,16 @@ def test_pool_workers_do_not_run_the_parents_script_again(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == str([(i, -i) for i in range(6)])
     assert marker.read_text() == "top\n"  # once, in the parent
+    other = tmp_path / "other.py"  # any other script stays visible: the pool may run its own functions
+    other.write_text(
+        "from wsis_cli.jobs import run_images\n"
+        "def twice(x):\n"
+        "    return 2 * x\n"
+        "if __name__ == '__main__':\n"
+        "    print(sorted(run_images(twice, [(i, i) for i in range(6)], workers=2).items()))\n")
+    r = subprocess.run([sys.executable, str(other)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == str([(i, 2 * i) for i in range(6)])
 
 
 def threaded_piece(arg):

@@ -138,11 +138,14 @@ def _ready() -> None:
 def _main_hidden():
     """Spawned workers run the parent's main script again, as ``__mp_main__``, unless it is a
     package's ``__main__``; the ``wsis`` console script imports the whole CLI at its top (typer,
-    rich, every verb), which a worker never needs: the pool's functions are wsis_cli's. Hide the
-    script from multiprocessing while the workers start."""
+    rich, every verb), which a worker never needs: the pool's functions are wsis_cli's. When the
+    main script is that console script (its ``main`` is the CLI's), hide it from multiprocessing
+    while the workers start; any other script stays visible (it may define the pool's functions)."""
     main = sys.modules.get("__main__")
+    app = sys.modules.get("wsis_cli.cli.app")
     saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
-    if main is None or getattr(main.__spec__, "name", "").endswith("__main__") or "__file__" not in saved:
+    ours = app is not None and main is not None and main.__dict__.get("main") is getattr(app, "main", None)
+    if not ours or "__file__" not in saved:  # another script may define the functions the pool runs: keep it
         yield
         return
     try:
@@ -269,9 +272,13 @@ def _run_pool(units, *, workers: int, record: Callable[[int, Any], None]) -> Non
 
     ctx = mp.get_context("spawn")  # no fork of a process holding locks (progress thread, BLAS)
     ex = ProcessPoolExecutor(max_workers=workers - 1, mp_context=ctx, initializer=_worker_init)
-    with _main_hidden():  # start every worker now: they boot while this process reads the first image
-        for _ in range(workers - 1):
-            ex.submit(_ready)
+    try:
+        with _main_hidden():  # start every worker now: they boot while this process reads the first image
+            for _ in range(workers - 1):
+                ex.submit(_ready)
+    except BaseException:
+        _stop_now(ex)
+        raise
     lock, stop, arrived = threading.Lock(), threading.Event(), queue.SimpleQueue()
     gathered: dict[int, list] = {}  # image id -> its pieces' results so far (None: not yet)
 
