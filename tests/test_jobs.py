@@ -181,34 +181,29 @@ def test_an_error_in_a_piece_is_one_line_and_stops_the_pool():
     assert not mp.active_children()
 
 
-def test_pool_workers_do_not_run_the_parents_script_again(tmp_path):
-    """A console script (like `wsis`) imports at its top; spawned workers must not run it again."""
+def _run_script(path, head: str, fn: str) -> list:
+    """Run a script of ``head`` then ``run_images(fn, ...)`` on 2 workers under ``__main__``: its results."""
+    import ast
     import subprocess
     import sys
 
+    path.write_text(f"{head}from wsis_cli.jobs import run_images\nif __name__ == '__main__':\n"
+                    f"    print(sorted(run_images({fn}, [(i, i) for i in range(6)], workers=2).items()))\n")
+    r = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return ast.literal_eval(r.stdout.strip())
+
+
+def test_pool_workers_do_not_run_the_parents_script_again(tmp_path):
+    """A console script (like `wsis`) imports at its top; spawned workers must not run it again."""
     marker = tmp_path / "ran.txt"
-    script = tmp_path / "script.py"
-    script.write_text(
-        "import operator\n"
-        f"open({str(marker)!r}, 'a').write('top\\n')\n"
-        "from wsis_cli.cli.app import main  # what the console script holds\n"
-        "from wsis_cli.jobs import run_images\n"
-        "if __name__ == '__main__':\n"
-        "    print(sorted(run_images(operator.neg, [(i, i) for i in range(6)], workers=2).items()))\n")
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.strip() == str([(i, -i) for i in range(6)])
+    head = (f"import operator\nopen({str(marker)!r}, 'a').write('top\\n')\n"
+            "from wsis_cli.cli.app import main  # what the console script holds\n")
+    assert _run_script(tmp_path / "script.py", head, "operator.neg") == [(i, -i) for i in range(6)]
     assert marker.read_text() == "top\n"  # once, in the parent
-    other = tmp_path / "other.py"  # any other script stays visible: the pool may run its own functions
-    other.write_text(
-        "from wsis_cli.jobs import run_images\n"
-        "def twice(x):\n"
-        "    return 2 * x\n"
-        "if __name__ == '__main__':\n"
-        "    print(sorted(run_images(twice, [(i, i) for i in range(6)], workers=2).items()))\n")
-    r = subprocess.run([sys.executable, str(other)], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.strip() == str([(i, 2 * i) for i in range(6)])
+    # any other script stays visible to the workers: the pool may run its own functions
+    head = "def twice(x):\n    return 2 * x\n"
+    assert _run_script(tmp_path / "other.py", head, "twice") == [(i, 2 * i) for i in range(6)]
 
 
 def threaded_piece(arg):
