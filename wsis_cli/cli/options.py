@@ -107,3 +107,8 @@ Threads = Annotated[int | None, typer.Option("--threads", min=0, help="torch CPU
                                                                      "one per core, torch's own default).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary lines on stderr (warnings "
                                                            "and errors are still shown).")]
+Amp = Annotated[bool, typer.Option("--amp", help="Mixed precision (float16 autocast) on CUDA; ignored on CPU.")]
+LoaderWorkers = Annotated[int, typer.Option("--workers", min=0, help="Data-loading worker processes (0: load in the "
+                                                                     "main process).")]
+ResumeRun = Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint at --out if it exists "
+                                                          "(same options; --epochs may grow).")]

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from wsis_cli.cli.io import cli_errors, info, progress_bar, warn
-from wsis_cli.cli.options import Device, ImagesDir, Overwrite, Quiet, Seed, Threads
+from wsis_cli.cli.options import Amp, Device, ImagesDir, LoaderWorkers, Overwrite, Quiet, ResumeRun, Seed, Threads
 from wsis_cli.models import CLASSIFIER_BACKBONES, DETECTOR_BACKBONES, IOU_TARGETS
 
 app = typer.Typer(help="Train models.", no_args_is_help=True)
@@ -33,11 +33,9 @@ def classifier(
     size: Annotated[int, typer.Option("--size", min=32, help="Training side in px; images are resized to a square, "
                                                              "batches use 0.75, 1 or 1.25 times it.")] = 448,
     device: Device = "auto",
-    amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (float16 autocast) on CUDA; ignored on CPU.")] = False,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="Data-loading worker processes (0: load in the "
-                                                                  "main process).")] = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint at --out if it exists "
-                                                          "(same options; --epochs may grow).")] = False,
+    amp: Amp = False,
+    workers: LoaderWorkers = 0,
+    resume: ResumeRun = False,
     overwrite: Overwrite = False,
     threads: Threads = None,
     seed: Seed = 0,
@@ -104,11 +102,9 @@ def segmenter(
     scale_jitter: Annotated[bool, typer.Option("--scale-jitter/--no-scale-jitter",
                                                help="Random 0.75-1.25x scale, cropped or padded to --size.")] = True,
     device: Device = "auto",
-    amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (float16 autocast) on CUDA; ignored on CPU.")] = False,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="Data-loading worker processes (0: load in the "
-                                                                  "main process).")] = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint at --out if it exists "
-                                                          "(same options; --epochs may grow).")] = False,
+    amp: Amp = False,
+    workers: LoaderWorkers = 0,
+    resume: ResumeRun = False,
     overwrite: Overwrite = False,
     threads: Threads = None,
     seed: Seed = 0,
@@ -306,8 +302,7 @@ def mil(
                           ] = 2,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (cosine decay).")] = 1e-4,
     device: Device = "auto",
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint at --out if it exists "
-                                                          "(same options; --epochs may grow).")] = False,
+    resume: ResumeRun = False,
     overwrite: Overwrite = False,
     threads: Threads = None,
     seed: Seed = 0,
