@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from wsis_cli.errors import WsisError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "damaged_checkpoint", "fill_model", "load_model", "short_message"]
+__all__ = ["save_checkpoint", "save_epoch", "load_checkpoint", "damaged_checkpoint", "fill_model", "load_model", "short_message"]
 
 
 def save_checkpoint(path: str | os.PathLike, obj: dict[str, Any]) -> None:
@@ -23,6 +23,18 @@ def save_checkpoint(path: str | os.PathLike, obj: dict[str, Any]) -> None:
         write_atomic(path, lambda fh: torch.save(obj, fh), what="a checkpoint file")
     except RuntimeError as e:  # torch's zip writer reports a short write (a full disk) this way
         raise WsisError(f"{path}: cannot write a checkpoint file: {_write_failure(Path(path), e)}") from None
+
+
+def save_epoch(path: str | os.PathLike, *, kind: str, version: int, config: dict, train: dict, model, optimizer,
+               epoch: int, history: list, **extra: Any) -> None:
+    """A single-file trainer's checkpoint after ``epoch``: its format, the records that rebuild
+    and resume it, the model's and the optimizer's state, ``extra`` fields (e.g. ``scaler``) and
+    the history so far (:func:`save_checkpoint`)."""
+    from wsis_cli import __version__
+
+    save_checkpoint(path, {"format": kind, "version": version, "wsis_version": __version__, "config": config,
+                           "train": train, "model": model.state_dict(), "optimizer": optimizer.state_dict(), **extra,
+                           "epoch": epoch, "history": history})
 
 
 def _write_failure(path: Path, e: BaseException) -> str:

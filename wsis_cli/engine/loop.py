@@ -20,7 +20,7 @@ import torch
 
 from wsis_cli.errors import WsisError
 
-__all__ = ["FailedSample", "checked_collate", "make_loader", "prefetched", "amp_on", "make_scaler", "EpochResult",
+__all__ = ["cosine_lr", "FailedSample", "checked_collate", "make_loader", "prefetched", "amp_on", "make_scaler", "EpochResult",
            "train_epoch", "interrupt_note", "Step", "default_threads", "set_threads",
            "keeps_torch_threads"]
 
@@ -171,6 +171,18 @@ class EpochResult:
     @property
     def load_share(self) -> float:
         return self.load_seconds / self.seconds if self.seconds > 0 else 0.0
+
+
+def cosine_lr(optimizer: torch.optim.Optimizer, total: int) -> Callable[[int], float]:
+    """``set_lr(it)`` for :func:`train_epoch`: each parameter group at its ``base_lr`` times the
+    cosine decay over ``total`` iterations; returns the last group's rate."""
+
+    def set_lr(it: int) -> float:
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * 0.5 * (1.0 + math.cos(math.pi * it / total))
+        return optimizer.param_groups[-1]["lr"]
+
+    return set_lr
 
 
 def train_epoch(batches: Iterable, step: Step, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, *,

@@ -29,11 +29,10 @@ from typing import Any, Callable
 
 import torch
 
-from wsis_cli import __version__
 from wsis_cli.coco import Dataset
-from wsis_cli.engine.checkpoint import fill_model, load_model, save_checkpoint
+from wsis_cli.engine.checkpoint import fill_model, load_model, save_epoch
 from wsis_cli.engine.device import resolve_device
-from wsis_cli.engine.loop import interrupt_note, keeps_torch_threads, make_loader, make_scaler, set_threads, train_epoch
+from wsis_cli.engine.loop import cosine_lr, interrupt_note, keeps_torch_threads, make_loader, make_scaler, set_threads, train_epoch
 from wsis_cli.engine.mil_data import BagImages, bags_fingerprint, collate_bags, image_bags
 from wsis_cli.engine.rng import keyed_rng, torch_seed
 from wsis_cli.engine.runs import check_checkpoint_out, resume_checkpoint
@@ -147,10 +146,7 @@ def train_mil(ds: Dataset, images_dir: str | os.PathLike, cfg: MILConfig, *, out
     say(f"training WSDDN on {cfg.backbone} (weights: {cfg.weights}) on {n_bags} bags in {len(items)} images, "
         f"{len(ds.categories)} classes, on {dev}: {iters} iterations per epoch")
 
-    def set_lr(it: int) -> float:
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * 0.5 * (1.0 + math.cos(math.pi * it / total))
-        return optimizer.param_groups[-1]["lr"]
+    set_lr = cosine_lr(optimizer, total)
 
     def step(batch):
         images, rois, bag, classes = (t.to(dev, non_blocking=True) for t in batch)
@@ -174,9 +170,8 @@ def train_mil(ds: Dataset, images_dir: str | os.PathLike, cfg: MILConfig, *, out
                             "accuracy": r.extras["right"] / max(r.seen, 1), "seconds": round(r.seconds, 3),
                             "images_per_s": round(len(items) / max(r.seconds, 1e-9), 3),
                             "load_share": round(r.load_share, 4), "threads": threads})
-            save_checkpoint(out, {"format": FORMAT, "version": VERSION, "wsis_version": __version__,
-                                  "config": config, "train": train, "model": model.state_dict(),
-                                  "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "history": history})
+            save_epoch(out, kind=FORMAT, version=VERSION, config=config, train=train, model=model, optimizer=optimizer,
+                       epoch=epoch + 1, history=history)
             say(f"epoch {epoch + 1}/{cfg.epochs}: loss {history[-1]['loss']:.4f}, bag accuracy "
                 f"{history[-1]['accuracy']:.3f}, {r.seconds:.1f} s")
     return {"out": str(out), "epochs": cfg.epochs, "iterations": (cfg.epochs - start) * iters,

@@ -35,11 +35,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsis_cli import __version__
 from wsis_cli.coco import Dataset
-from wsis_cli.engine.checkpoint import fill_model, load_model, save_checkpoint
+from wsis_cli.engine.checkpoint import fill_model, load_model, save_epoch
 from wsis_cli.engine.device import resolve_device
-from wsis_cli.engine.loop import (amp_on, interrupt_note, keeps_torch_threads, make_loader, make_scaler,
+from wsis_cli.engine.loop import (cosine_lr, amp_on, interrupt_note, keeps_torch_threads, make_loader, make_scaler,
                                   set_threads, train_epoch)
 from wsis_cli.engine.rng import keyed_rng, torch_seed
 from wsis_cli.engine.runs import check_checkpoint_out, resume_checkpoint
@@ -210,10 +209,7 @@ def train_segmenter(ds: Dataset, images_dir: str | os.PathLike, cfg: SegmenterCo
         f"classes + background, on {dev}{f' ({threads} thread' + 's' * (threads != 1) + ')' if dev.type == 'cpu' else ''}"
         f": {iters} iterations per epoch")
 
-    def set_lr(it: int) -> float:
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * 0.5 * (1.0 + math.cos(math.pi * it / total))
-        return optimizer.param_groups[-1]["lr"]
+    set_lr = cosine_lr(optimizer, total)
 
     def step(batch) -> tuple[dict[str, torch.Tensor], int, dict[str, float]]:
         x, y = (t.to(dev, non_blocking=True) for t in batch)
@@ -239,10 +235,8 @@ def train_segmenter(ds: Dataset, images_dir: str | os.PathLike, cfg: SegmenterCo
                             "accuracy": r.extras["right"] / max(r.extras["pixels"], 1), "miou": mean_iou(conf),
                             "seconds": round(r.seconds, 3), "images_per_s": round(r.seen / max(r.seconds, 1e-9), 3),
                             "load_share": round(r.load_share, 4), "threads": threads})
-            save_checkpoint(out, {
-                "format": FORMAT, "version": VERSION, "wsis_version": __version__, "config": config, "train": train,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if use_amp else None, "epoch": epoch + 1, "history": history})
+            save_epoch(out, kind=FORMAT, version=VERSION, config=config, train=train, model=model, optimizer=optimizer,
+                       scaler=scaler.state_dict() if use_amp else None, epoch=epoch + 1, history=history)
             h = history[-1]
             say(f"epoch {epoch + 1}/{cfg.epochs}: loss {h['loss']:.4f}, pixel accuracy {h['accuracy']:.3f}, "
                 f"mIoU {h['miou']:.3f}, {h['seconds']:.1f} s, {h['images_per_s']:.1f} img/s, loading "
