@@ -132,8 +132,9 @@ def _join(job: BoxJob, pieces: list[list[BoxResult]], img: np.ndarray | None = N
     """:func:`grabcut_image`'s result from the masks of all ``job``'s boxes, in pieces in order:
     overlaps resolved, each mask encoded from its crop. ``img``: the picture, when at hand (the
     ``evidence`` overlap policy reads it otherwise)."""
-    if _KEPT and _KEPT[0][0] == job.path:
-        _KEPT.clear()  # this process ran pieces of the image: they are all in
+    if _KEPT and _KEPT[0][0] == job.path:  # this process ran pieces of the image: they are all in
+        img = _KEPT[1] if img is None else img
+        _KEPT.clear()
     policy = job.config.get("overlap", "smaller")
     if policy == "evidence" and img is None:
         img = _read(job)
