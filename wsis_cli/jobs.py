@@ -344,11 +344,17 @@ def _run_pool(units, *, workers: int, record: Callable[[int, Any], None]) -> Non
 
 
 def _stop_now(ex: ProcessPoolExecutor) -> None:
-    """An error or an interrupt: drop the queue and stop the workers now, not after their task."""
+    """An error or an interrupt: drop the queue and stop the workers now, not after their task.
+    Then wait (briefly) for the pool's manager thread to see them gone and close its wake-up pipe:
+    left running, it can close that pipe while Python 3.11's exit hook writes to it, which prints
+    an "OSError: Bad file descriptor" traceback as the process exits."""
     procs = list((getattr(ex, "_processes", None) or {}).values())
     ex.shutdown(wait=False, cancel_futures=True)
     for proc in procs:
         proc.terminate()
+    manager = getattr(ex, "_executor_manager_thread", None)
+    if manager is not None:
+        manager.join(timeout=5)
 
 
 class OptionError(WsisError):
